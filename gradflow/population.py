@@ -1,0 +1,87 @@
+"""Population loss, gradient and expected attention for arbitrary per-position correlations.
+
+These are the public entry points to the kernels: ``population_loss`` and ``population_grad``
+take any real A (P x F) and B (P x P) and assume no symmetry. The solver uses the same
+``evaluate`` on class-reduced states.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .model import DataModel
+from .reduction import Reduction, position_reduction
+
+
+def check_method(method: str) -> int:
+    if method not in kernels.METHODS:
+        raise ValueError(f"method must be one of {sorted(kernels.METHODS)}, got {method!r}")
+    return kernels.METHODS[method]
+
+
+def evaluate(red: Reduction, method: str, A, B, B_self, want_grad: bool = True):
+    """Loss and per-entry gradient (dA, dB, dB_self) of a class-resolution state."""
+    code = check_method(method)
+    closed = code == kernels.MEANFIELD and red.all_point
+    return kernels.loss_and_grad(code, want_grad, A, B, B_self, *red.kernel_args(), closed)
+
+
+def attention_mass(red: Reduction, method: str, A, B, B_self):
+    """Expected attention (unmasked (K,S,S), masked (K,S,S), self (K,S)), see kernels."""
+    return kernels.attention_mass(check_method(method), A, B, B_self, *red.kernel_args())
+
+
+def _check_state(model: DataModel, A, B):
+    P, F = model.n_patches, model.n_features
+    out = []
+    for name, value, shape in (("A", A, (P, F)), ("B", B, (P, P))):
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a real array of shape {shape}, got {value!r}") from None
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} (P={P}, F={F}), got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be finite, got non-finite entries at {np.argwhere(~np.isfinite(arr))[:3].tolist()}")
+        out.append(np.ascontiguousarray(arr))
+    return out
+
+
+def _split(B: np.ndarray):
+    return B, np.ascontiguousarray(np.diag(B))
+
+
+def population_loss(model: DataModel, A, B, method: str = "exact") -> float:
+    """Expected masked-reconstruction loss L(Q) of MODEL.md section 2.
+
+    Parameters
+    ----------
+    model : DataModel
+    A : (P, F) array_like
+        Feature-position correlations e_p^T Q v_f.
+    B : (P, P) array_like
+        Position-position correlations e_p^T Q e_q (diagonal: a masked query's self score).
+    method : {"exact", "meanfield"}
+        "exact" is the exact expectation over masks and amplitudes at finite P; "meanfield"
+        replaces the unmasked counts by their means.
+
+    Returns
+    -------
+    float
+    """
+    check_method(method)
+    A, B = _check_state(model, A, B)
+    red = position_reduction(model)
+    loss, *_ = evaluate(red, method, A, *_split(B), want_grad=False)
+    return float(loss)
+
+
+def population_grad(model: DataModel, A, B, method: str = "exact"):
+    """Gradient of :func:`population_loss`: ``(dL/dA (P, F), dL/dB (P, P))``."""
+    check_method(method)
+    A, B = _check_state(model, A, B)
+    red = position_reduction(model)
+    _, gA, gB, gS = evaluate(red, method, A, *_split(B))
+    gB = gB.copy()
+    np.fill_diagonal(gB, gS)
+    return gA, gB

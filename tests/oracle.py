@@ -1,0 +1,70 @@
+"""Brute-force references for the tests: enumerate every mask and every amplitude atom.
+
+This is deliberately written from MODEL.md section 2 alone (tokens, softmax, reconstruction),
+sharing no code with the library's kernels beyond the DataModel.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def _atoms(cluster):
+    """Joint amplitude atoms of a cluster: (values (n, N), probs (n,))."""
+    grids = [list(zip(a.values, a.weights)) for a in cluster.amplitudes]
+    vals, probs = [], []
+    for combo in itertools.product(*grids):
+        vals.append([v for v, _ in combo])
+        probs.append(np.prod([w for _, w in combo]))
+    return np.array(vals), np.array(probs)
+
+
+def brute_force_loss(model, A, B, attention=False):
+    """Expected loss by enumeration of all 2^P masks; optionally the expected attention (K, P, P)."""
+    P, F, gamma = model.n_patches, model.n_features, model.mask_ratio
+    total = 0.0
+    att = np.zeros((model.n_clusters, P, P))
+    masks = np.array(list(itertools.product([0, 1], repeat=P)), dtype=bool)  # True = masked
+    pm = np.prod(np.where(masks, gamma, 1 - gamma), axis=1)
+    for k, cl in enumerate(model.clusters):
+        fidx = np.array([model.feature_index(k, j) for j in cl.areas])
+        zs, zp = _atoms(cl)
+        for z, wz in zip(zs, zp):
+            zpos = z[cl.areas]                       # amplitude of every patch
+            X = np.zeros((P, F))
+            X[np.arange(P), fidx] = zpos             # x_p in feature coordinates
+            for mask, w in zip(masks, pm):
+                vis = ~mask
+                for p in np.flatnonzero(mask):
+                    scores = B[p] + vis * zpos * A[p, fidx]
+                    e = np.exp(scores - scores.max())
+                    wts = e / e.sum()
+                    yhat = (wts * vis) @ X
+                    total += model.probs[k] * wz * w * 0.5 * np.sum((yhat - X[p]) ** 2)
+                    if attention:
+                        att[k, p] += wz * w * wts / gamma   # conditional on p masked
+    return (total, att) if attention else total
+
+
+def meanfield_loss(model, A, B):
+    """Mean-field loss from its definition: each unmasked count replaced by its mean, the
+    amplitudes averaged by enumerating their joint atoms."""
+    P, gamma = model.n_patches, model.mask_ratio
+    total = 0.0
+    for k, cl in enumerate(model.clusters):
+        fidx = np.array([model.feature_index(k, j) for j in cl.areas])
+        zs, zp = _atoms(cl)
+        for z, wz in zip(zs, zp):
+            zpos = z[cl.areas]
+            for p in range(P):
+                others = np.arange(P) != p
+                alpha = np.exp(B[p] + zpos * A[p, fidx])
+                beta = np.exp(B[p])
+                D = np.exp(B[p, p]) + np.sum((gamma * beta + (1 - gamma) * alpha)[others])
+                N = np.zeros(cl.n_areas)
+                np.add.at(N, cl.areas[others], (zpos * (1 - gamma) * alpha)[others])
+                j0 = cl.areas[p]
+                loss = 0.5 * (zpos[p] ** 2 - 2 * zpos[p] * N[j0] / D + np.sum(N**2) / D**2)
+                total += model.probs[k] * wz * gamma * loss
+    return total
