@@ -31,6 +31,28 @@ def attention_mass(red: Reduction, method: str, A, B, B_self):
     return kernels.attention_mass(check_method(method), A, B, B_self, *red.kernel_args())
 
 
+def attention_maps(red: Reduction, method: str, A, B, B_self, part: str = "total", clusters=None):
+    """Per-position expected attention (len(clusters), P, P) of a class-resolution state.
+
+    Row p, column q: expected softmax weight of key q for a masked query p; the diagonal is the
+    query's weight on itself. ``part`` restricts to keys that are "unmasked" or "masked".
+    """
+    if part not in ("total", "unmasked", "masked"):
+        raise ValueError(f"part must be 'total', 'unmasked' or 'masked', got {part!r}")
+    unm, msk, slf = attention_mass(red, method, A, B, B_self)
+    per_class = {"total": unm + msk, "unmasked": unm, "masked": msk}[part]
+    clusters = range(red.n_clusters) if clusters is None else clusters
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_key = np.where(red.mprime > 0, per_class / red.mprime, 0.0)
+    c = red.class_of
+    idx = np.arange(c.size)
+    out = np.empty((len(clusters), c.size, c.size))
+    for i, k in enumerate(clusters):
+        out[i] = per_key[k][c][:, c]
+        out[i, idx, idx] = 0.0 if part == "unmasked" else slf[k][c]
+    return out
+
+
 def _check_state(model: DataModel, A, B):
     P, F = model.n_patches, model.n_features
     out = []
@@ -85,3 +107,15 @@ def population_grad(model: DataModel, A, B, method: str = "exact"):
     gB = gB.copy()
     np.fill_diagonal(gB, gS)
     return gA, gB
+
+
+def expected_attention(model: DataModel, A, B, method: str = "exact", part: str = "total") -> np.ndarray:
+    """Expected attention maps (K, P, P) of masked queries for per-position correlations.
+
+    Entry [k, p, q] is E[w_pq | p masked, cluster k], averaged over the other masks and the
+    amplitudes; ``part`` keeps only the cases where q is "unmasked" or "masked". Rows of the
+    "total" map sum to one.
+    """
+    check_method(method)
+    A, B = _check_state(model, A, B)
+    return attention_maps(position_reduction(model), method, A, *_split(B), part=part)

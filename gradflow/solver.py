@@ -1,0 +1,232 @@
+"""``solve``: integrate the gradient flow dA/dt = -dL/dA, dB/dt = -dL/dB with SciPy.
+
+From Q = 0 the flow is evolved on the signature classes (MODEL.md section 3), whose count does
+not grow with P for structured models; from a given (A0, B0) every position is its own class.
+The result stores the reduced state and expands it to per-position arrays on access.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.integrate import OdeSolver, solve_ivp
+
+from .model import DataModel
+from .population import _check_state, attention_mass, attention_maps, check_method, evaluate
+from .reduction import Reduction, position_reduction, signature_reduction
+
+INTEGRATORS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+
+class _PerPosition:
+    """Per-position views ``A`` and ``B`` of per-class arrays (on any leading time axis)."""
+
+    @property
+    def A(self) -> np.ndarray:
+        """(..., P, F) feature-position correlations."""
+        return self.reduction.expand(self.A_classes, self.B_classes, self.B_self)[0]
+
+    @property
+    def B(self) -> np.ndarray:
+        """(..., P, P) position-position correlations."""
+        return self.reduction.expand(self.A_classes, self.B_classes, self.B_self)[1]
+
+
+@dataclass
+class State(_PerPosition):
+    """Attention correlations at one time, per class; ``A`` and ``B`` expand to positions."""
+
+    reduction: Reduction
+    A_classes: np.ndarray      # (S, F)
+    B_classes: np.ndarray      # (S, S), off-diagonal entries p != q
+    B_self: np.ndarray         # (S,), the diagonal B[p, p]
+
+
+@dataclass
+class Solution(_PerPosition):
+    """Result of :func:`solve` (cf. ``scipy.integrate.solve_ivp``'s ``OdeResult``).
+
+    Attributes
+    ----------
+    t : (T,) output times.
+    A_classes, B_classes, B_self : per-class states (T, S, F), (T, S, S), (T, S).
+    A, B : per-position states (T, P, F), (T, P, P), expanded on access.
+    loss : (T,) population loss.
+    area_attention : (T, K, P) expected mass a masked query at p puts on the unmasked keys of its
+        own area when the sample comes from cluster k.
+    model, method, reduction : what was solved and how.
+    status : 0 success, -1 integration step failed (``message`` says why).
+    nfev : evaluations of the gradient; ``wall_time`` seconds spent in ``solve``.
+    """
+
+    t: np.ndarray
+    A_classes: np.ndarray
+    B_classes: np.ndarray
+    B_self: np.ndarray
+    loss: np.ndarray
+    area_attention: np.ndarray
+    model: DataModel
+    method: str
+    reduction: Reduction
+    status: int
+    message: str
+    nfev: int
+    wall_time: float
+    _dense: object = field(default=None, repr=False)
+
+    @property
+    def success(self) -> bool:
+        return self.status >= 0
+
+    def state(self, i: int) -> State:
+        """The state at output index ``i``."""
+        return State(self.reduction, self.A_classes[i], self.B_classes[i], self.B_self[i])
+
+    def at(self, t: float) -> State:
+        """The state at any time in ``[0, t[-1]]`` from the integrator's dense output."""
+        t = float(t)
+        if not (0.0 <= t <= self.t[-1]):
+            raise ValueError(f"t must be in [0, {self.t[-1]}], got {t!r}")
+        A, B, Bs = self.reduction.unpack(self._dense(t))
+        return State(self.reduction, A, B, Bs)
+
+    def attention(self, i: int, cluster: int = 0, part: str = "total") -> np.ndarray:
+        """(P, P) expected attention of a masked query p (row) on key q (column) at output ``i``.
+
+        ``part`` is "total", "unmasked" (mass on q when q is unmasked) or "masked". The diagonal
+        is the query's attention on itself (always masked). Rows of "total" sum to one.
+        """
+        if not (0 <= cluster < self.model.n_clusters):
+            raise ValueError(f"cluster must be in 0..{self.model.n_clusters - 1}, got {cluster!r}")
+        st = self.state(i)
+        return attention_maps(self.reduction, self.method, st.A_classes, st.B_classes, st.B_self,
+                              part=part, clusters=[cluster])[0]
+
+    def summary(self) -> str:
+        """A few lines: what was solved, the final loss and area attention."""
+        ceil = self.model.ceiling()
+        frac = self.area_attention[-1] / ceil
+        lines = [
+            f"{self.model!r}",
+            f"method={self.method}  status={self.status} ({self.message})  t_max={self.t[-1]:g}  "
+            f"nfev={self.nfev}  wall={self.wall_time:.3f}s",
+            f"loss: {self.loss[0]:.6g} -> {self.loss[-1]:.6g}",
+            f"area attention / ceiling at t_max: min {frac.min():.4f}, mean {frac.mean():.4f}",
+        ]
+        return "\n".join(lines)
+
+
+def default_times(t_max: float, per_decade: int = 20, decades: int = 6) -> np.ndarray:
+    """t = 0 followed by log-spaced times up to t_max."""
+    lo = t_max * 10.0 ** (-decades)
+    return np.concatenate([[0.0], np.geomspace(lo, t_max, per_decade * decades + 1)])
+
+
+def _check_times(t_max, t_eval):
+    try:
+        t_max = float(t_max)
+    except (TypeError, ValueError):
+        raise ValueError(f"t_max must be a positive number, got {t_max!r}") from None
+    if not (np.isfinite(t_max) and t_max > 0):
+        raise ValueError(f"t_max must be finite and > 0, got {t_max!r}")
+    if t_eval is None:
+        return t_max, default_times(t_max)
+    te = np.asarray(t_eval, dtype=np.float64).ravel()
+    if te.size == 0 or not np.all(np.isfinite(te)) or np.any(np.diff(te) <= 0) or te[0] < 0 or te[-1] > t_max:
+        raise ValueError(f"t_eval must be increasing times in [0, t_max={t_max}], got {t_eval!r}")
+    return t_max, te
+
+
+def _initial_state(model: DataModel, init):
+    if init is None:
+        red = signature_reduction(model)
+        return red, np.zeros(red.state_size())
+    try:
+        A0, B0 = init
+    except (TypeError, ValueError):
+        raise ValueError(f"init must be None or a pair (A0, B0), got {init!r}") from None
+    A0, B0 = _check_state(model, A0, B0)
+    red = position_reduction(model)
+    B_off = B0.copy()
+    np.fill_diagonal(B_off, 0.0)
+    return red, red.pack(A0, B_off, np.diag(B0).copy())
+
+
+def observe(red: Reduction, method: str, ys: np.ndarray):
+    """Loss (T,) and own-area attention per class (T, K, S) along a trajectory of flat states."""
+    T = ys.shape[0]
+    K, S = red.n_clusters, red.n_classes
+    loss = np.empty(T)
+    target = np.empty((T, K, S))
+    same_area = red.class_feature[:, :, None] == red.class_feature[:, None, :]   # (K, S, S)
+    for i in range(T):
+        A, B, Bs = red.unpack(ys[i])
+        loss[i] = evaluate(red, method, A, B, Bs, want_grad=False)[0]
+        unm, _, _ = attention_mass(red, method, A, B, Bs)
+        target[i] = np.sum(np.where(same_area, unm, 0.0), axis=2)
+    return loss, target
+
+
+def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: str = "LSODA",
+          rtol: float = 1e-8, atol: float = 1e-10, t_eval=None, init=None) -> Solution:
+    """Integrate the population gradient flow of the attention correlations.
+
+    Parameters
+    ----------
+    model : DataModel
+    t_max : float
+        Final time (gradient-flow time; SGD with step eta reaches it after t_max/eta steps).
+    method : {"exact", "meanfield"}
+        Exact expectation at finite P, or counts replaced by their means.
+    integrator : str or OdeSolver subclass
+        Any ``scipy.integrate.solve_ivp`` method.
+    rtol, atol : float
+        Integrator tolerances.
+    t_eval : array_like, optional
+        Output times; default t = 0 and 120 log-spaced times over six decades up to t_max.
+    init : (A0 (P, F), B0 (P, P)), optional
+        Start from these per-position correlations (every position its own class). Default:
+        Q = 0, evolved on the signature classes.
+
+    Returns
+    -------
+    Solution
+        ``status`` is -1 and a ``RuntimeWarning`` is issued when the integrator fails; the
+        arrays then end at the last time reached.
+    """
+    if not isinstance(model, DataModel):
+        raise ValueError(f"model must be a DataModel, got {type(model).__name__}")
+    check_method(method)
+    if not (integrator in INTEGRATORS or (isinstance(integrator, type) and issubclass(integrator, OdeSolver))):
+        raise ValueError(f"integrator must be one of {INTEGRATORS} or an OdeSolver subclass, got {integrator!r}")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (np.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {tol!r}")
+    t_max, t_out = _check_times(t_max, t_eval)
+    red, y0 = _initial_state(model, init)
+    start = time.perf_counter()
+
+    def rhs(_t, y):
+        A, B, Bs = red.unpack(y)
+        _, gA, gB, gS = evaluate(red, method, A, B, Bs)
+        return -red.pack(gA, gB, gS)
+
+    res = solve_ivp(rhs, (0.0, t_max), y0, method=integrator, t_eval=t_out, dense_output=True,
+                    rtol=rtol, atol=atol)
+    ys = res.y.T
+    status = int(res.status)
+    message = str(res.message)
+    if status < 0 or ys.shape[0] < t_out.size:
+        status = min(status, -1)
+        reached = res.t[-1] if res.t.size else 0.0
+        message = f"integration stopped at t={reached:g} before t_max={t_max:g}: {message}"
+        warnings.warn(f"gradflow.solve: {message}", RuntimeWarning, stacklevel=2)
+    loss, target = observe(red, method, ys)
+    A, B, Bs = red.unpack(ys)
+    area_attention = target[:, :, red.class_of]
+    return Solution(t=res.t, A_classes=A, B_classes=B, B_self=Bs, loss=loss,
+                    area_attention=area_attention, model=model, method=method, reduction=red,
+                    status=status, message=message, nfev=int(res.nfev),
+                    wall_time=time.perf_counter() - start, _dense=res.sol)

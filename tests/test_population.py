@@ -1,0 +1,111 @@
+"""The kernels against independent references: brute-force enumeration of masks and amplitude
+atoms, the mean-field definition, and central finite differences."""
+import numpy as np
+import pytest
+from conftest import random_state
+from oracle import brute_force_loss, meanfield_loss
+
+from gradflow import Amplitude, Cluster, DataModel, expected_attention, population_grad, population_loss
+
+
+def _fd_grad(model, A, B, method, eps=1e-5):
+    gA = np.zeros_like(A)
+    gB = np.zeros_like(B)
+    for arr, out in ((A, gA), (B, gB)):
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            up = population_loss(model, A, B, method)
+            arr[idx] = old - eps
+            down = population_loss(model, A, B, method)
+            arr[idx] = old
+            out[idx] = (up - down) / (2 * eps)
+    return gA, gB
+
+
+@pytest.mark.parametrize("seed, scale", [(0, 1.0), (1, 2.5), (2, 0.3)])
+def test_exact_loss_equals_brute_force(two_cluster_model, seed, scale):
+    A, B = random_state(two_cluster_model, np.random.default_rng(seed), scale)
+    exact = population_loss(two_cluster_model, A, B)
+    assert exact == pytest.approx(brute_force_loss(two_cluster_model, A, B), rel=1e-10)
+
+
+def test_exact_loss_equals_brute_force_P8_grid():
+    m = DataModel(grid=(2, 4), clusters=[
+        Cluster([[0, 0, 1, 1], [0, 2, 2, 1]], amplitudes=Amplitude.uniform(0.5, 2.0, 3)),
+        Cluster([[0, 0, 0, 0], [1, 1, 1, 1]], prob=None, amplitudes={1: Amplitude([0.3, 3.0], [0.9, 0.1])}),
+    ], mask_ratio=0.6)
+    A, B = random_state(m, np.random.default_rng(7), 1.5)
+    assert population_loss(m, A, B) == pytest.approx(brute_force_loss(m, A, B), rel=1e-10)
+
+
+def test_loss_at_zero_state_by_hand():
+    # Q = 0: uniform attention over all P keys; one area, z = 1, P = 3, gamma = g.
+    g = 0.4
+    m = DataModel(n_patches=3, clusters=[Cluster([0, 0, 0])], mask_ratio=g)
+    # yhat = (#unmasked others)/3 * v; loss = 1/2 (1 - n/3)^2, n ~ Binomial(2, 1-g)
+    pn = np.array([g * g, 2 * g * (1 - g), (1 - g) ** 2])
+    per_query = sum(p * 0.5 * (1 - n / 3) ** 2 for n, p in enumerate(pn))
+    assert population_loss(m, np.zeros((3, 1)), np.zeros((3, 3))) == pytest.approx(3 * g * per_query, rel=1e-13)
+
+
+@pytest.mark.parametrize("method", ["exact", "meanfield"])
+def test_gradient_equals_finite_differences(two_cluster_model, method):
+    A, B = random_state(two_cluster_model, np.random.default_rng(3))
+    gA, gB = population_grad(two_cluster_model, A, B, method)
+    fA, fB = _fd_grad(two_cluster_model, A, B, method)
+    scale = max(np.abs(fA).max(), np.abs(fB).max())
+    assert np.abs(gA - fA).max() <= 1e-6 * scale
+    assert np.abs(gB - fB).max() <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("amps", [None, Amplitude([0.6, 1.9], [0.3, 0.7])])
+def test_meanfield_equals_its_definition(amps):
+    # point masses take the SymPy closed form, random amplitudes the t integral
+    m = DataModel(n_patches=7, clusters=[Cluster([0, 0, 1, 1, 1, 2, 2], prob=0.3, amplitudes=amps),
+                                         Cluster([0, 1, 0, 1, 0, 1, 1], prob=0.7)], mask_ratio=0.3)
+    A, B = random_state(m, np.random.default_rng(4))
+    assert population_loss(m, A, B, "meanfield") == pytest.approx(meanfield_loss(m, A, B), rel=1e-12)
+
+
+def test_meanfield_closed_form_matches_integral_path(monkeypatch):
+    from gradflow import population
+    from gradflow.reduction import position_reduction
+    m = DataModel(n_patches=6, clusters=[Cluster([0, 0, 1, 1, 2, 2])], mask_ratio=0.45)
+    A, B = random_state(m, np.random.default_rng(5))
+    red = position_reduction(m)
+    closed = population.evaluate(red, "meanfield", A, B, np.diag(B).copy())
+    from dataclasses import replace
+    integral = population.evaluate(replace(red, all_point=False), "meanfield", A, B, np.diag(B).copy())
+    for a, b in zip(closed, integral):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_expected_attention_equals_brute_force(two_cluster_model):
+    A, B = random_state(two_cluster_model, np.random.default_rng(6))
+    _, bf = brute_force_loss(two_cluster_model, A, B, attention=True)
+    att = expected_attention(two_cluster_model, A, B)
+    np.testing.assert_allclose(att, bf, atol=1e-12)
+    np.testing.assert_allclose(att.sum(axis=2), 1.0, atol=1e-12)
+
+
+def test_saturated_attention_stays_accurate():
+    # correlations large enough that attention is nearly one-hot: the log-space kernel must agree
+    m = DataModel(n_patches=6, clusters=[Cluster([0, 0, 0, 1, 1, 1], amplitudes=Amplitude([0.5, 2.0]))],
+                  mask_ratio=0.5)
+    A, B = random_state(m, np.random.default_rng(8), 12.0)
+    assert population_loss(m, A, B) == pytest.approx(brute_force_loss(m, A, B), rel=1e-10)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(A=np.zeros((3, 2))), "A"), (dict(B=np.zeros((4, 3))), "B"),
+    (dict(A=np.full((4, 2), np.nan)), "A"), (dict(B=np.full((4, 4), np.inf)), "B"),
+    (dict(method="mc"), "method"),
+])
+def test_bad_state_is_a_value_error(bad, field):
+    m = DataModel(n_patches=4, clusters=[Cluster([0, 0, 1, 1])], mask_ratio=0.5)
+    kw = dict(A=np.zeros((4, 2)), B=np.zeros((4, 4)), method="exact") | bad
+    with pytest.raises(ValueError, match=field):
+        population_loss(m, kw["A"], kw["B"], kw["method"])
+    with pytest.raises(ValueError, match=field):
+        population_grad(m, kw["A"], kw["B"], kw["method"])

@@ -1,0 +1,117 @@
+import warnings
+
+import numpy as np
+import pytest
+from scipy.integrate import RK45
+
+from gradflow import Amplitude, Cluster, DataModel, expected_attention, population_loss, solve
+from gradflow.presets import global_local
+
+
+@pytest.fixture(scope="module")
+def paper_solution():
+    return solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)
+
+
+def test_reduced_flow_equals_full_flow():
+    m = DataModel(n_patches=10, mask_ratio=0.4, clusters=[
+        Cluster([0, 0, 1, 1, 1, 0, 2, 2, 0, 0], amplitudes=Amplitude.uniform(0.5, 1.5, 3)),
+        Cluster([1, 1, 0, 0, 0, 0, 0, 2, 2, 2])])
+    assert m.n_classes < m.n_patches
+    te = np.linspace(0, 50, 11)
+    red = solve(m, 50.0, t_eval=te)
+    full = solve(m, 50.0, t_eval=te, init=(np.zeros((10, m.n_features)), np.zeros((10, 10))))
+    assert red.reduction.n_classes == m.n_classes and full.reduction.n_classes == 10
+    assert np.abs(red.A[-1]).max() > 0.1          # the flow actually moved
+    np.testing.assert_allclose(red.A, full.A, atol=1e-7)
+    np.testing.assert_allclose(red.B, full.B, atol=1e-7)
+    np.testing.assert_allclose(red.area_attention, full.area_attention, atol=1e-7)
+
+
+def test_paper_preset_converges_to_area_attention(paper_solution):
+    sol = paper_solution
+    assert sol.status == 0 and sol.t[-1] == 2000.0
+    frac = sol.area_attention[-1] / sol.model.ceiling()
+    assert frac.min() >= 0.90
+    # loss never increases along the flow
+    assert np.all(np.diff(sol.loss) <= 1e-12 * sol.loss[0])
+    assert sol.loss[-1] < 0.1 * sol.loss[0]
+
+
+def test_initial_observables_by_hand(paper_solution):
+    sol, m = paper_solution, paper_solution.model
+    # Q = 0: every key weighs 1/P, so the own-area unmasked mass is (C - 1)(1 - gamma)/P
+    C = m.clusters[0].area_sizes()[m.clusters[0].areas]
+    np.testing.assert_allclose(sol.area_attention[0, 0], (C - 1) * 0.5 / 64, rtol=1e-12)
+    assert sol.loss[0] == pytest.approx(population_loss(m, np.zeros((64, 5)), np.zeros((64, 64))), rel=1e-14)
+
+
+def test_solution_attention_and_dense_output(paper_solution):
+    sol = paper_solution
+    i = 80
+    att = sol.attention(i)
+    np.testing.assert_allclose(att.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(att, expected_attention(sol.model, sol.A[i], sol.B[i])[0], atol=1e-13)
+    own = sol.model.clusters[0].areas
+    unm = sol.attention(i, part="unmasked")
+    target = np.array([unm[p, (own == own[p]) & (np.arange(64) != p)].sum() for p in range(64)])
+    np.testing.assert_allclose(target, sol.area_attention[i, 0], atol=1e-13)
+    st = sol.at(sol.t[i])
+    np.testing.assert_allclose(st.A, sol.A[i], atol=1e-6)
+    np.testing.assert_allclose(st.B, sol.B[i], atol=1e-6)
+
+
+def test_integrators_agree():
+    m = global_local(36, n_local=2, local_size=4, mask_ratio=0.5, n_clusters=2)
+    te = [0.0, 1.0, 10.0, 100.0]
+    ref = solve(m, 100.0, t_eval=te, rtol=1e-10, atol=1e-12)
+    for integ in ("Radau", "RK45", "BDF"):
+        other = solve(m, 100.0, t_eval=te, integrator=integ)
+        np.testing.assert_allclose(other.A_classes, ref.A_classes, atol=1e-5)
+
+
+def test_meanfield_approaches_exact_as_P_grows():
+    gaps = []
+    for P in (16, 64, 256):
+        m = global_local(P, n_local=2, local_size=4, mask_ratio=0.5)
+        te = np.geomspace(0.1, 100.0, 13)
+        e = solve(m, 100.0, t_eval=te)
+        mf = solve(m, 100.0, t_eval=te, method="meanfield")
+        gaps.append(np.max(np.abs(e.loss - mf.loss) / e.loss))
+    assert gaps[0] > gaps[1] > gaps[2]
+    assert gaps[2] < 0.2 * gaps[0]
+
+
+class _FailingRK45(RK45):
+    """An integrator that gives up after a few steps, to check the failure is reported."""
+
+    def _step_impl(self):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 3:
+            return False, "forced failure"
+        return super()._step_impl()
+
+
+def test_integrator_failure_is_reported():
+    m = global_local(36, n_local=2, local_size=4, mask_ratio=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = solve(m, 100.0, integrator=_FailingRK45)
+    assert sol.status == -1 and not sol.success
+    assert "forced failure" in sol.message and "before t_max" in sol.message
+    assert any(issubclass(w.category, RuntimeWarning) for w in caught)
+    assert sol.t[-1] < 100.0 and sol.loss.size == sol.t.size
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(t_max=-1.0), "t_max"), (dict(t_max=float("nan")), "t_max"),
+    (dict(integrator="Euler"), "integrator"), (dict(method="exactly"), "method"),
+    (dict(t_eval=[0.0, 5.0, 3.0]), "t_eval"), (dict(t_eval=[0.0, 20.0]), "t_eval"),
+    (dict(init=(np.zeros((3, 3)), np.zeros((4, 4)))), "A"), (dict(rtol=0.0), "rtol"),
+])
+def test_solve_bad_input(kw, field):
+    m = DataModel(n_patches=4, clusters=[Cluster([0, 0, 1, 1])], mask_ratio=0.5)
+    args = dict(t_max=10.0) | kw
+    t_max = args.pop("t_max")
+    with pytest.raises(ValueError, match=field):
+        solve(m, t_max, **args)
