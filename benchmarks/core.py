@@ -1,0 +1,85 @@
+"""Speed of the core (issue 2): warm solve, exact gradient versus brute force, import time.
+
+Run: ``python benchmarks/core.py``. Prints one line per measurement.
+"""
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import gradflow
+from gradflow import Amplitude, Cluster, DataModel
+from gradflow.presets import global_local
+
+
+def brute_force_loss(model, A, B):
+    """Plain NumPy reference: enumerate every mask and amplitude atom (vectorised over masks)."""
+    P, gamma = model.n_patches, model.mask_ratio
+    masks = np.array(list(itertools.product([0, 1], repeat=P)), dtype=bool)   # (2^P, P) True=masked
+    pm = np.prod(np.where(masks, gamma, 1 - gamma), axis=1)
+    vis = ~masks
+    total = 0.0
+    for k, cl in enumerate(model.clusters):
+        fidx = np.array([model.feature_index(k, j) for j in cl.areas])
+        atoms = [list(zip(a.values, a.weights)) for a in cl.amplitudes]
+        for combo in itertools.product(*atoms):
+            z = np.array([v for v, _ in combo])[cl.areas]
+            wz = np.prod([w for _, w in combo])
+            for p in range(P):
+                scores = B[p][None, :] + vis * (z * A[p, fidx])[None, :]          # (2^P, P)
+                scores -= scores.max(axis=1, keepdims=True)
+                e = np.exp(scores)
+                wts = e / e.sum(axis=1, keepdims=True) * vis
+                # reconstruction error in feature coordinates: sum over areas of squared shares
+                share = np.zeros((masks.shape[0], cl.n_areas))
+                for j in range(cl.n_areas):
+                    share[:, j] = (wts[:, cl.areas == j] * z[cl.areas == j]).sum(axis=1)
+                err = np.sum(share**2, axis=1) - 2 * z[p] * share[:, cl.areas[p]] + z[p] ** 2
+                total += model.probs[k] * wz * np.sum(pm * masks[:, p] * 0.5 * err)
+    return total
+
+
+def timeit(fn, repeat=5):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main():
+    model = global_local(64, n_local=4, local_size=4, mask_ratio=0.5)
+    gradflow.solve(model, 2000.0)                      # JIT / cache load
+    t_solve = timeit(lambda: gradflow.solve(model, 2000.0), repeat=3)
+    print(f"solve global_local(P=64, n_local=4, local_size=4, gamma=0.5) to t=2000, warm: {t_solve:.3f} s")
+
+    P = 12
+    m12 = DataModel(n_patches=P, mask_ratio=0.5, clusters=[
+        Cluster([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3], amplitudes={1: Amplitude([0.5, 1.5])}),
+        Cluster([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])])
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(P, m12.n_features)), rng.normal(size=(P, P))
+    gradflow.population_grad(m12, A, B)
+    t_grad = timeit(lambda: gradflow.population_grad(m12, A, B), repeat=20)
+    t_bf = timeit(lambda: brute_force_loss(m12, A, B), repeat=1)
+    err = abs(gradflow.population_loss(m12, A, B) / brute_force_loss(m12, A, B) - 1)
+    print(f"P=12, 2 clusters: exact gradient {t_grad * 1e3:.2f} ms, brute-force loss {t_bf * 1e3:.0f} ms, "
+          f"ratio {t_bf / t_grad:.0f}x (loss relative difference {err:.1e})")
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import gradflow"],
+                         capture_output=True, text=True)
+    last = [ln for ln in out.stderr.splitlines() if ln.rstrip().endswith("gradflow")][-1]
+    us = int(last.split("|")[1])
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import gradflow"], check=True)
+    print(f"import gradflow (numba cache warm): {us / 1e6:.3f} s cumulative import, "
+          f"{time.perf_counter() - t0:.3f} s for a whole fresh interpreter")
+
+
+if __name__ == "__main__":
+    main()
