@@ -143,11 +143,19 @@ def _build(model: DataModel, class_of: np.ndarray) -> Reduction:
                      gamma=float(model.mask_ratio), all_point=bool(np.all(natoms == 1)))
 
 
+def _cached(model: DataModel, key: str, class_of) -> Reduction:
+    # a DataModel does not change after construction, so its reductions are built once
+    cache = model.__dict__.setdefault("_reductions", {})
+    if key not in cache:
+        cache[key] = _build(model, class_of)
+    return cache[key]
+
+
 def signature_reduction(model: DataModel) -> Reduction:
     """Positions with equal signature share a class (exact from a symmetric start)."""
-    return _build(model, model.class_of)
+    return _cached(model, "signature", model.class_of)
 
 
 def position_reduction(model: DataModel) -> Reduction:
     """Every position is its own class: arbitrary per-position correlations."""
-    return _build(model, np.arange(model.n_patches))
+    return _cached(model, "position", np.arange(model.n_patches))
