@@ -44,7 +44,7 @@ class Amplitude:
     1.0
     """
 
-    def __init__(self, values, weights=None):
+    def __init__(self, values, weights=None, *, continuous: tuple[float, float] | None = None):
         v = np.atleast_1d(_as_float_array("amplitude values", values))
         if v.ndim != 1 or v.size == 0:
             raise ValueError(f"amplitude values must be a non-empty 1-d sequence, got {_fmt(values)}")
@@ -66,6 +66,8 @@ class Amplitude:
         self.weights = w[keep] / w[keep].sum()
         self.values.setflags(write=False)
         self.weights.setflags(write=False)
+        # the uniform law these atoms discretise, if any: Monte Carlo samples it directly
+        self.continuous = None if continuous is None else (float(continuous[0]), float(continuous[1]))
 
     @classmethod
     def point(cls, value: float = 1.0) -> "Amplitude":
@@ -89,7 +91,7 @@ class Amplitude:
         if high_f == low_f:
             return cls.point(low_f)
         x, w = np.polynomial.legendre.leggauss(int(n_atoms))
-        return cls(low_f + (x + 1.0) * 0.5 * (high_f - low_f), w / w.sum())
+        return cls(low_f + (x + 1.0) * 0.5 * (high_f - low_f), w / w.sum(), continuous=(low_f, high_f))
 
     @property
     def is_point(self) -> bool:
@@ -102,11 +104,27 @@ class Amplitude:
         return float(self.weights @ self.values**2)
 
     def to_dict(self) -> dict:
-        return {"values": self.values.tolist(), "weights": self.weights.tolist()}
+        out = {"values": self.values.tolist(), "weights": self.weights.tolist()}
+        if self.continuous is not None:
+            out["continuous"] = list(self.continuous)
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: Mapping) -> "Amplitude":
+        return cls(spec["values"], spec["weights"], continuous=spec.get("continuous"))
+
+    def sample(self, rng: np.random.Generator, size) -> np.ndarray:
+        """Draws of z: from the uniform law when the atoms discretise one, else from the atoms."""
+        if self.continuous is not None:
+            return rng.uniform(self.continuous[0], self.continuous[1], size)
+        if self.is_point:
+            return np.full(size, self.values[0])
+        return self.values[np.searchsorted(np.cumsum(self.weights), rng.random(size), side="right")
+                           .clip(max=self.values.size - 1)]
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, Amplitude) and np.array_equal(self.values, other.values)
-                and np.array_equal(self.weights, other.weights))
+                and np.array_equal(self.weights, other.weights) and self.continuous == other.continuous)
 
     def __repr__(self) -> str:
         if self.is_point:
@@ -355,7 +373,7 @@ class DataModel:
         clusters = [
             Cluster(c["areas"], prob=c.get("prob"),
                     amplitudes=None if c.get("amplitudes") is None else
-                    {j: Amplitude(a["values"], a["weights"]) for j, a in enumerate(c["amplitudes"])})
+                    {j: Amplitude.from_dict(a) for j, a in enumerate(c["amplitudes"])})
             for c in spec["clusters"]
         ]
         return cls(n_patches=spec.get("n_patches"), grid=spec.get("grid"), clusters=clusters,

@@ -53,6 +53,21 @@ def attention_maps(red: Reduction, method: str, A, B, B_self, part: str = "total
     return out
 
 
+def own_area_mass(red: Reduction, unmasked: np.ndarray) -> np.ndarray:
+    """(..., K, S) expected mass on the unmasked keys of the query's own area, from the
+    per-class unmasked masses (..., K, S, S) of ``attention_mass``."""
+    same_area = red.class_feature[:, :, None] == red.class_feature[:, None, :]   # (K, S, S)
+    return np.sum(np.where(same_area, unmasked, 0.0), axis=-1)
+
+
+def area_attention(model: DataModel, A, B, method: str = "exact") -> np.ndarray:
+    """(K, P) expected mass a masked query at p puts on the unmasked keys of its own area."""
+    check_method(method)
+    A, B = _check_state(model, A, B)
+    red = position_reduction(model)
+    return own_area_mass(red, attention_mass(red, method, A, *_split(B))[0])
+
+
 def _check_state(model: DataModel, A, B):
     P, F = model.n_patches, model.n_features
     out = []

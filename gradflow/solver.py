@@ -14,7 +14,8 @@ import numpy as np
 from scipy.integrate import OdeSolver, solve_ivp
 
 from .model import DataModel
-from .population import _check_state, attention_mass, attention_maps, check_method, evaluate
+from .population import (_check_state, attention_mass, attention_maps, check_method, evaluate,
+                         own_area_mass)
 from .reduction import Reduction, position_reduction, signature_reduction
 
 INTEGRATORS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -160,12 +161,10 @@ def observe(red: Reduction, method: str, ys: np.ndarray):
     K, S = red.n_clusters, red.n_classes
     loss = np.empty(T)
     target = np.empty((T, K, S))
-    same_area = red.class_feature[:, :, None] == red.class_feature[:, None, :]   # (K, S, S)
     for i in range(T):
         A, B, Bs = red.unpack(ys[i])
         loss[i] = evaluate(red, method, A, B, Bs, want_grad=False)[0]
-        unm, _, _ = attention_mass(red, method, A, B, Bs)
-        target[i] = np.sum(np.where(same_area, unm, 0.0), axis=2)
+        target[i] = own_area_mass(red, attention_mass(red, method, A, B, Bs)[0])
     return loss, target
 
 
