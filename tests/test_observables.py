@@ -1,0 +1,103 @@
+import itertools
+
+import numpy as np
+import pytest
+
+import gradflow
+from gradflow import Amplitude, Cluster, DataModel
+from gradflow.observables import _crossing, area_oracle_loss, attention_diversity, local_mask, phases
+from gradflow.presets import global_local
+from gradflow.scaling import fit_power_law, phase_scaling
+
+
+@pytest.fixture(scope="module")
+def paper_solution():
+    return gradflow.solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 1e4)
+
+
+def test_area_oracle_loss_by_enumeration():
+    m = DataModel(n_patches=6, mask_ratio=0.35, clusters=[
+        Cluster([0, 0, 0, 1, 1, 2], prob=0.4, amplitudes={0: Amplitude([0.5, 2.0], [0.3, 0.7])}),
+        Cluster([0, 1, 0, 1, 0, 1], prob=0.6, amplitudes=Amplitude([1.5]))])
+    g = m.mask_ratio
+    total = 0.0
+    for k, cl in enumerate(m.clusters):
+        ez2 = [a.moment2() for a in cl.amplitudes]
+        for mask in itertools.product([0, 1], repeat=6):           # 1 = masked
+            pm = np.prod([g if x else 1 - g for x in mask])
+            for p in range(6):
+                if not mask[p]:
+                    continue
+                others = [q for q in range(6) if q != p and cl.areas[q] == cl.areas[p] and not mask[q]]
+                # the average of the visible same-area patches is x_p itself; none -> predict 0
+                total += m.probs[k] * pm * (0.0 if others else 0.5 * ez2[cl.areas[p]])
+    assert area_oracle_loss(m) == pytest.approx(total, rel=1e-13)
+
+
+def test_crossing_interpolates():
+    t = np.array([0.0, 1.0, 2.0, 4.0])
+    y = np.array([0.0, 0.2, 0.6, 1.0])
+    assert _crossing(t, y, 0.4, above=True) == pytest.approx(1.5)
+    assert _crossing(t, y, 0.8, above=True) == pytest.approx(3.0)
+    assert np.isnan(_crossing(t, y, 1.5, above=True))
+    assert _crossing(t, 1 - y, 0.5, above=False) == pytest.approx(1.75)
+
+
+def test_phases_on_the_paper_preset(paper_solution):
+    ph = phases(paper_solution)
+    m = paper_solution.model
+    assert ph.T1.shape == ph.T2.shape == ph.T3.shape == (1, 64)
+    loc = ph.is_local
+    assert loc.sum() == 16 and np.array_equal(loc, local_mask(m))
+    assert np.all(ph.T1[loc] < ph.T2[loc]) and np.all(ph.T2[loc] < ph.T3[loc])
+    # the times are where the traces cross their levels
+    p = int(np.flatnonzero(loc[0])[0])
+    tr = ph.target[:, 0, p]
+    i = np.searchsorted(paper_solution.t, ph.T2[0, p])
+    assert tr[i - 1] < 0.5 * ph.ceiling[0, p] <= tr[i]
+    assert ph.distractor[0, 0, p] > ph.target[0, 0, p]          # positive information gap at t = 0
+    assert "T1" in ph.summary() and ph.summary().count("yes") == 4
+
+
+def test_diversity_against_pairwise_maps(paper_solution):
+    d = attention_diversity(paper_solution)
+    assert abs(d[0]) < 1e-12                                     # Q = 0: everyone attends alike
+    for i in (40, len(paper_solution.t) - 1):
+        W = paper_solution.attention(i)
+        P = W.shape[0]
+        ov = sum(np.minimum(W[p], W[q]).sum() for p in range(P) for q in range(P) if p != q)
+        assert d[i] == pytest.approx(1 - ov / (P * (P - 1)), abs=1e-12)
+    assert d[-1] > 0.3
+
+
+def test_observables_on_a_training_run(paper_solution):
+    m = global_local(16, n_local=2, local_size=4, mask_ratio=0.5)
+    sol = gradflow.solve(m, 200.0)
+    run = gradflow.train_transformer(m, steps=2000, lr=0.1, batch_size=256, record_every=20, seed=1)
+    ph_mc, ph = phases(run), phases(sol)
+    loc = ph.is_local
+    assert np.all(np.isfinite(ph_mc.T2[loc]))
+    assert np.allclose(ph_mc.T2[loc], ph.T2[loc], rtol=0.1)
+    assert np.allclose(ph_mc.T1[loc], ph.T1[loc], rtol=0.1)
+    d_mc = attention_diversity(run)
+    d = gradflow.solve(m, 200.0, t_eval=run.t)
+    assert np.abs(d_mc - attention_diversity(d)).max() < 0.02
+
+
+def test_fit_power_law_recovers_exponent():
+    P = np.array([10, 20, 40, 80])
+    slope, (lo, hi) = fit_power_law(P, 3.0 * P ** 1.5)
+    assert slope == pytest.approx(1.5, abs=1e-12) and hi - lo < 1e-10
+    rng = np.random.default_rng(0)
+    slope, (lo, hi) = fit_power_law(P, P ** 0.7 * np.exp(0.05 * rng.standard_normal(4)))
+    assert lo < 0.7 < hi and hi - lo < 0.6
+
+
+def test_phase_scaling_global_local():
+    r = phase_scaling("global_local", [36, 64, 144, 256], n_local=4, local_size=4, mask_ratio=0.5)
+    assert r.which == "local"
+    assert np.all(np.diff(r.times["T2"]) > 0)                  # the target grows later at larger P
+    assert 0.5 < r.slopes["T2"] < 1.1 and abs(r.slopes["T1"]) < 0.1
+    assert "slope" in r.table()
+    with pytest.raises(ValueError, match="Ps"):
+        phase_scaling("global_local", [64])

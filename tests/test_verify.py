@@ -1,0 +1,82 @@
+"""Every check passes on the presets and fails on a case built to violate it."""
+import numpy as np
+import pytest
+
+from gradflow import Cluster, DataModel
+from gradflow.cli import main
+from gradflow.presets import balanced, global_local
+from gradflow.verify import (check_diversity, check_monotone, check_phase_order, verify)
+
+
+def _by_name(report):
+    return {c.name: c for c in report.checks}
+
+
+@pytest.fixture(scope="module")
+def passing():
+    return verify(global_local(64, n_local=4, local_size=4, mask_ratio=0.5, n_clusters=2), t_max=1e4)
+
+
+def test_presets_pass_every_check(passing):
+    assert passing.passed
+    d = passing.to_dict()
+    assert d["passed"] and len(d["checks"]) == 5 and all(c["passed"] for c in d["checks"])
+    assert "all checks passed" in passing.table()
+    info = " ".join(str(c.value) for c in passing.info)
+    assert "information gap positive" in info and "T1" in info
+
+
+def test_too_short_a_run_fails():
+    r = _by_name(verify(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), t_max=100.0))
+    assert not r["global convergence"].passed
+    assert not r["area-wide attention"].passed
+    assert not r["phase ordering (local)"].passed            # T3 not reached: NaN is not ordered
+    assert r["monotone loss"].passed
+
+
+def test_collapsed_attention_fails_diversity():
+    # one area: every masked query attends to the same visible patches, maps stay alike
+    m = DataModel(grid=(4, 4), clusters=[Cluster(np.zeros(16, dtype=int))], mask_ratio=0.5)
+    r = _by_name(verify(m, t_max=1e4))
+    assert not r["attention diversity"].passed
+    assert r["area-wide attention"].passed                     # it still learns the task
+
+
+def test_check_functions_fail_on_violations():
+    assert not check_monotone(np.array([3.0, 2.0, 2.5, 1.0])).passed
+    assert check_monotone(np.array([3.0, 2.0, 1.0])).passed
+    loc = np.array([[True, True, False]])
+    ok = check_phase_order(np.array([[1.0, 1.0, 9.0]]), np.array([[2.0, 3.0, 1.0]]),
+                           np.array([[5.0, 4.0, 0.5]]), loc)
+    assert ok.passed                                           # the global query is not judged
+    swapped = check_phase_order(np.array([[3.0, 1.0, 0]]), np.array([[2.0, 3.0, 0]]),
+                                np.array([[5.0, 4.0, 0]]), loc)
+    assert not swapped.passed and swapped.value.startswith("1/2")
+    assert not check_diversity(np.array([0.0, 0.05])).passed
+    assert check_diversity(np.array([0.0, 0.3])).passed
+
+
+def test_monte_carlo_check():
+    m = global_local(16, n_local=2, local_size=4, mask_ratio=0.5)
+    mc = dict(steps=400, lr=0.05, batch_size=128, seeds=2, record_every=40)
+    r = _by_name(verify(m, t_max=1e4, mc=mc))
+    assert r["Monte Carlo agreement"].passed
+    r = _by_name(verify(m, t_max=1e4, mc=dict(mc, tol=1e-6)))
+    assert not r["Monte Carlo agreement"].passed
+
+
+def test_balanced_preset_has_no_local_queries():
+    r = _by_name(verify(balanced((8, 8), (4, 4), 0.5), t_max=1e4))
+    assert r["phase ordering (local)"].passed and r["phase ordering (local)"].value == "no local queries"
+    assert r["area-wide attention"].passed and r["attention diversity"].passed
+
+
+def test_cli_verify_exit_codes(capsys):
+    assert main(["verify", "--P", "36", "--n-local", "2"]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    assert main(["verify", "--P", "36", "--n-local", "2", "--t-max", "50"]) == 1
+    assert main(["verify", "--preset", "nope"]) == 2
+    assert "preset" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ex:
+        main(["verify", "--P", "many"])
+    assert ex.value.code == 2
