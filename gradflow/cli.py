@@ -1,45 +1,60 @@
 """Command line: a thin layer over the Python API.
 
-``python -m gradflow`` (or ``gradflow`` with no command) solves the default preset and prints a
-summary; ``gradflow solve`` and ``gradflow verify`` take the model options below. User errors
-print one line to stderr and exit with status 2; ``verify`` exits 1 when a check fails.
+    python -m gradflow                      solve the default preset, print a summary
+    gradflow solve   [model] [--out FILE]   solve a flow (NetCDF output)
+    gradflow train   [model] --steps N --lr X --batch-size B --seeds S --out FILE
+    gradflow compare SOLUTION RUN [RUN ...]
+    gradflow verify  [model] [--mc]         exit 0 when every check passes, 1 otherwise
+    gradflow figures [--quick] --out DIR
+
+[model] is ``--preset NAME [--P ..] [--mask-ratio ..] ...`` or ``--config FILE.toml``. User errors
+print one line to stderr and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from .compare import compare
+from .config import load_model
+from .montecarlo import TrainRun, train_transformer
 from .observables import phases
 from .presets import PRESETS, balanced, global_local
-from .solver import solve
+from .solver import Solution, solve
 from .verify import verify
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors in one line and exits 2 (its own convention too)."""
+    """argparse reporting usage errors in one line, exit status 2."""
 
     def error(self, message):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
-def _add_model_options(p: argparse.ArgumentParser, t_max: float) -> None:
-    p.add_argument("--preset", default="global_local", help=f"one of {sorted(PRESETS)}")
-    p.add_argument("--P", type=int, default=64, help="number of patches")
-    p.add_argument("--mask-ratio", type=float, default=0.5, help="mask probability gamma")
-    p.add_argument("--n-local", type=int, default=4, help="local areas per cluster (global_local)")
-    p.add_argument("--local-size", type=int, default=4, help="patches per local area (global_local)")
-    p.add_argument("--n-clusters", type=int, default=1)
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (a preset, or --config)")
+    g.add_argument("--config", type=Path, help="TOML file describing any DataModel")
+    g.add_argument("--preset", default="global_local", help=f"one of {sorted(PRESETS)}")
+    g.add_argument("--P", type=int, default=64, help="number of patches")
+    g.add_argument("--mask-ratio", type=float, default=0.5, help="mask probability gamma")
+    g.add_argument("--n-local", type=int, default=4, help="local areas per cluster (global_local)")
+    g.add_argument("--local-size", type=int, default=4, help="patches per local area (global_local)")
+    g.add_argument("--n-clusters", type=int, default=1)
+
+
+def _add_flow_options(p: argparse.ArgumentParser, t_max: float) -> None:
     p.add_argument("--t-max", type=float, default=t_max, help="length of the flow")
     p.add_argument("--method", default="exact", help="exact or meanfield")
 
 
 def build_model(preset: str, P: int, mask_ratio: float, n_local: int = 4, local_size: int = 4,
                 n_clusters: int = 1):
-    """The DataModel the command line describes (ValueError on bad options)."""
+    """The DataModel a preset and its options describe (ValueError on bad options)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if preset == "global_local":
@@ -52,11 +67,13 @@ def build_model(preset: str, P: int, mask_ratio: float, n_local: int = 4, local_
 
 
 def _model_from(args):
+    if args.config is not None:
+        return load_model(args.config)
     return build_model(args.preset, args.P, args.mask_ratio, args.n_local, args.local_size, args.n_clusters)
 
 
 def solve_summary(sol) -> str:
-    """What `python -m gradflow` prints: phases reached, loss, area attention, wall time."""
+    """What ``python -m gradflow`` prints: phases reached, loss, area attention, wall time."""
     model = sol.model
     ph = phases(sol)
     frac = sol.area_attention[-1] / model.ceiling()
@@ -78,47 +95,110 @@ def solve_summary(sol) -> str:
     return "\n".join(lines)
 
 
+def _seed_path(out: Path, seed: int, n: int) -> Path:
+    """One file per seed: ``run.nc`` -> ``run_seed0.nc`` when several seeds are trained."""
+    if "{seed}" in out.name:
+        return out.with_name(out.name.format(seed=seed))
+    return out if n == 1 else out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="gradflow", description="Exact gradient-flow dynamics of attention (arXiv 2403.02233).")
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
-    s = sub.add_parser("solve", help="solve a preset's gradient flow and print a summary")
-    _add_model_options(s, 2000.0)
-    v = sub.add_parser("verify", help="check the paper's claims on a preset; exit 1 if a check fails")
-    _add_model_options(v, 1e4)
+
+    s = sub.add_parser("solve", help="solve a gradient flow, print a summary, optionally save it")
+    _add_model_options(s)
+    _add_flow_options(s, 2000.0)
+    s.add_argument("--out", type=Path, help="NetCDF file for the Solution")
+
+    t = sub.add_parser("train", help="train Monte-Carlo transformers by SGD")
+    _add_model_options(t)
+    t.add_argument("--steps", type=int, required=True)
+    t.add_argument("--lr", type=float, required=True)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
+    t.add_argument("--record-every", type=int, default=100)
+    t.add_argument("--out", type=Path, required=True, help="NetCDF file (one per seed: _seedN added)")
+
+    c = sub.add_parser("compare", help="compare a saved Solution with saved TrainRuns")
+    c.add_argument("solution", type=Path)
+    c.add_argument("runs", type=Path, nargs="+")
+    c.add_argument("--tol", type=float, default=0.05, help="area-attention tolerance for the exit status")
+
+    v = sub.add_parser("verify", help="check the paper's claims; exit 1 if a check fails")
+    _add_model_options(v)
+    _add_flow_options(v, 1e4)
     v.add_argument("--mc", action="store_true", help="also train Monte-Carlo transformers")
     v.add_argument("--mc-steps", type=int, default=2000)
     v.add_argument("--mc-lr", type=float, default=0.05)
     v.add_argument("--mc-batch-size", type=int, default=256)
     v.add_argument("--mc-seeds", type=int, default=2)
+
+    f = sub.add_parser("figures", help="make the six figures (PNG and PDF)")
+    f.add_argument("--out", type=Path, default=Path("figures"))
+    f.add_argument("--quick", action="store_true", help="small versions, under a minute")
     return ap
+
+
+def _run(args) -> int:
+    if args.command is None:
+        sol = solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)
+        print(solve_summary(sol))
+        return 0
+    if args.command == "solve":
+        sol = solve(_model_from(args), args.t_max, method=args.method)
+        print(solve_summary(sol))
+        if args.out is not None:
+            sol.save(args.out)
+            print(f"  saved {args.out}")
+        return 0
+    if args.command == "train":
+        model = _model_from(args)
+        if args.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {args.seeds}")
+        for seed in range(args.seeds):
+            run = train_transformer(model, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                    seed=seed, record_every=args.record_every)
+            path = _seed_path(args.out, seed, args.seeds)
+            run.save(path)
+            print(f"seed {seed}: t = {run.t[-1]:g}, final batch loss {run.loss[-1]:.6g}, "
+                  f"{run.steps / run.wall_time:.0f} steps/s, saved {path}")
+        return 0
+    if args.command == "compare":
+        comparison = compare(Solution.load(args.solution), [TrainRun.load(p) for p in args.runs])
+        print(comparison.table())
+        return 0 if comparison.ok(args.tol) else 1
+    if args.command == "verify":
+        model = _model_from(args)
+        mc = None
+        if args.mc:
+            mc = dict(steps=args.mc_steps, lr=args.mc_lr, batch_size=args.mc_batch_size,
+                      seeds=args.mc_seeds, record_every=max(1, args.mc_steps // 20))
+        report = verify(model, t_max=args.t_max, method=args.method, mc=mc)
+        print(f"gradflow verify: {model!r}")
+        print(report.table())
+        return 0 if report.passed else 1
+    if args.command == "figures":
+        from .figures import make_figures
+        start = time.perf_counter()
+        results = make_figures(args.out, quick=args.quick)
+        for res in results.values():
+            print("  " + ", ".join(str(p) for p in res.paths))
+        print(f"{len(results)} figures in {time.perf_counter() - start:.1f} s")
+        return 0
+    return 0
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command is None:
-            start = time.perf_counter()
-            sol = solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)
-            print(solve_summary(sol))
-            print(f"  total {time.perf_counter() - start:.2f} s")
-            return 0
-        model = _model_from(args)
-        if args.command == "solve":
-            print(solve_summary(solve(model, args.t_max, method=args.method)))
-            return 0
-        if args.command == "verify":
-            mc = None
-            if args.mc:
-                mc = dict(steps=args.mc_steps, lr=args.mc_lr, batch_size=args.mc_batch_size,
-                          seeds=args.mc_seeds, record_every=max(1, args.mc_steps // 20))
-            report = verify(model, t_max=args.t_max, method=args.method, mc=mc)
-            print(f"gradflow verify: {model!r}")
-            print(report.table())
-            return 0 if report.passed else 1
+        return _run(args)
     except ValueError as exc:
         print(f"gradflow: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("gradflow: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

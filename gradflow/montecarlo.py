@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ._atomic import atomic_path
 from .model import DataModel
 from .population import area_attention
 
@@ -63,6 +62,21 @@ class TrainRun:
     record_every: int
     wall_time: float = 0.0
     meta: dict = field(default_factory=dict, repr=False)
+
+    def to_xarray(self):
+        """The run as a labelled ``xarray.Dataset`` (see ``gradflow.io``)."""
+        from .io import trainrun_to_xarray
+        return trainrun_to_xarray(self)
+
+    def save(self, path) -> None:
+        """Write a NetCDF file atomically; ``TrainRun.load`` reads it back."""
+        from .io import save_trainrun
+        save_trainrun(self, path)
+
+    @classmethod
+    def load(cls, path) -> "TrainRun":
+        from .io import load_trainrun
+        return load_trainrun(path)
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -189,22 +203,6 @@ def make_embeddings(model: DataModel, d: int, kind: str, rng: np.random.Generato
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
-def _atomic_savez(path: Path, **arrays) -> None:
-    """Write an .npz so that an interruption never leaves a partial file under ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _load_checkpoint(path: Path, meta: dict) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -335,10 +333,11 @@ def train_transformer(model: DataModel, *, steps: int, lr: float, batch_size: in
     def save():
         if checkpoint is None:
             return
-        _atomic_savez(Path(checkpoint), Q=Q, E=E, V=V, step=np.int64(step), acc=np.float64(acc),
-                      n_acc=np.int64(n_acc),
-                      meta=np.array(json.dumps(meta)), rng=np.array(json.dumps(rng.bit_generator.state)),
-                      **{f"rec_{key}": np.asarray(val) for key, val in rec.items()})
+        with atomic_path(checkpoint) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, Q=Q, E=E, V=V, step=np.int64(step), acc=np.float64(acc),
+                     n_acc=np.int64(n_acc),
+                     meta=np.array(json.dumps(meta)), rng=np.array(json.dumps(rng.bit_generator.state)),
+                     **{f"rec_{key}": np.asarray(val) for key, val in rec.items()})
 
     if step == 0 and not rec["t"]:
         record(np.nan)

@@ -105,6 +105,21 @@ class Solution(_PerPosition):
         return attention_maps(self.reduction, self.method, st.A_classes, st.B_classes, st.B_self,
                               part=part, clusters=[cluster])[0]
 
+    def to_xarray(self):
+        """The solution as a labelled ``xarray.Dataset`` (see ``gradflow.io``)."""
+        from .io import solution_to_xarray
+        return solution_to_xarray(self)
+
+    def save(self, path) -> None:
+        """Write a NetCDF file atomically; ``Solution.load`` reads it back."""
+        from .io import save_solution
+        save_solution(self, path)
+
+    @classmethod
+    def load(cls, path) -> "Solution":
+        from .io import load_solution
+        return load_solution(path)
+
     def summary(self) -> str:
         """A few lines: what was solved, the final loss and area attention."""
         ceil = self.model.ceiling()

@@ -1,0 +1,70 @@
+"""The command line: exit codes, one-line messages, and the end-to-end file workflow."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gradflow import Solution, TrainRun
+from gradflow.cli import main
+
+CONFIG = """
+mask_ratio = 0.45
+grid = [3, 4]
+[[clusters]]
+areas = [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2]]
+prob = 0.6
+amplitudes = { uniform = [0.5, 1.5], n_atoms = 4 }
+[[clusters]]
+areas = [[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+prob = 0.4
+[clusters.amplitudes.1]
+values = [0.5, 2.0]
+weights = [0.5, 0.5]
+"""
+
+
+def test_solve_train_compare_workflow(tmp_path, capsys):
+    cfg = tmp_path / "model.toml"
+    cfg.write_text(CONFIG)
+    assert main(["solve", "--config", str(cfg), "--t-max", "20", "--out", str(tmp_path / "s.nc")]) == 0
+    sol = Solution.load(tmp_path / "s.nc")
+    assert sol.model.n_clusters == 2 and sol.model.clusters[0].amplitudes[0].continuous == (0.5, 1.5)
+    assert main(["train", "--config", str(cfg), "--steps", "200", "--lr", "0.1", "--batch-size", "64",
+                 "--seeds", "2", "--record-every", "50", "--out", str(tmp_path / "r.nc")]) == 0
+    runs = [TrainRun.load(tmp_path / f"r_seed{s}.nc") for s in range(2)]
+    assert runs[0].seed == 0 and runs[1].seed == 1 and not np.array_equal(runs[0].Q, runs[1].Q)
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "s.nc"), str(tmp_path / "r_seed0.nc"),
+                 str(tmp_path / "r_seed1.nc")]) == 0
+    assert "area_attention" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["solve", "--preset", "nope"], "preset"),
+    (["solve", "--mask-ratio", "1.5"], "mask_ratio"),
+    (["solve", "--t-max", "-1"], "t_max"),
+    (["solve", "--method", "magic"], "method"),
+    (["solve", "--config", "missing.toml"], "missing.toml"),
+    (["solve", "--preset", "balanced", "--P", "10"], "P"),
+    (["train", "--steps", "0", "--lr", "0.1", "--out", "x.nc"], "steps"),
+    (["compare", "missing.nc", "other.nc"], "missing.nc"),
+    (["verify", "--n-local", "99"], "n_local"),
+])
+def test_user_errors_exit_2_with_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2_without_traceback():
+    out = subprocess.run([sys.executable, "-m", "gradflow", "solve", "--P", "abc"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_default_job_prints_summary():
+    out = subprocess.run([sys.executable, "-m", "gradflow"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "phases of local queries (16): T1" in out.stdout and "wall time" in out.stdout
