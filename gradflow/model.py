@@ -150,7 +150,10 @@ class Cluster:
     """
 
     def __init__(self, areas, prob: float | None = None, amplitudes=None):
-        raw = np.asarray(areas)
+        try:
+            raw = np.asarray(areas)
+        except (TypeError, ValueError):     # ragged nesting and the like
+            raise ValueError(f"areas must be a sequence or 2-d array of labels, got {_fmt(areas)}") from None
         if raw.dtype == object or raw.size == 0 or raw.ndim not in (1, 2):
             raise ValueError(f"areas must be a non-empty sequence or 2-d array of labels, got {_fmt(areas)}")
         if raw.dtype.kind == "f":
@@ -167,7 +170,10 @@ class Cluster:
         self.areas.setflags(write=False)
         self.n_areas = int(present.size)
         if prob is not None:
-            p = float(prob) if np.ndim(prob) == 0 else np.nan
+            try:
+                p = float(prob) if np.ndim(prob) == 0 else np.nan
+            except (TypeError, ValueError):
+                p = np.nan
             if not np.isfinite(p) or p < 0:
                 raise ValueError(f"prob must be finite and >= 0, got {prob!r}")
             prob = p
@@ -230,7 +236,7 @@ class DataModel:
         if n_patches is None and self.grid is None:
             raise ValueError("n_patches or grid must be given, got neither")
         if n_patches is not None:
-            if isinstance(n_patches, bool) or int(n_patches) != n_patches or n_patches < 1:
+            if isinstance(n_patches, bool) or not isinstance(n_patches, (int, np.integer)) or n_patches < 1:
                 raise ValueError(f"n_patches must be a positive integer, got {n_patches!r}")
             n_patches = int(n_patches)
             if self.grid is not None and self.grid[0] * self.grid[1] != n_patches:
@@ -239,7 +245,10 @@ class DataModel:
 
         if isinstance(clusters, Cluster):
             clusters = [clusters]
-        clusters = list(clusters)
+        try:
+            clusters = list(clusters)
+        except TypeError:
+            raise ValueError(f"clusters must be a sequence of Cluster, got {clusters!r}") from None
         if not clusters:
             raise ValueError("clusters must hold at least one Cluster, got none")
         for k, c in enumerate(clusters):
@@ -272,7 +281,7 @@ class DataModel:
             return None
         try:
             h, w = grid
-            ok = all(not isinstance(x, bool) and int(x) == x and x >= 1 for x in (h, w))
+            ok = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1 for x in (h, w))
         except (TypeError, ValueError):
             ok = False
         if not ok:

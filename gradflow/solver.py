@@ -11,14 +11,16 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.integrate import OdeSolver, solve_ivp
+from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolution, OdeSolver, Radau
 
 from .model import DataModel
 from .population import (_check_state, attention_mass, attention_maps, check_method, evaluate,
                          own_area_mass)
 from .reduction import Reduction, position_reduction, signature_reduction
 
-INTEGRATORS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+_SOLVERS = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "Radau": Radau, "BDF": BDF, "LSODA": LSODA}
+INTEGRATORS = tuple(_SOLVERS)
+MAX_NFEV = 200_000   # default budget of gradient evaluations: an extreme, stiff flow stops and says so
 
 
 class _PerPosition:
@@ -184,7 +186,8 @@ def observe(red: Reduction, method: str, ys: np.ndarray):
 
 
 def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: str = "LSODA",
-          rtol: float = 1e-8, atol: float = 1e-10, t_eval=None, init=None) -> Solution:
+          rtol: float = 1e-8, atol: float = 1e-10, t_eval=None, init=None,
+          max_nfev: int | None = MAX_NFEV) -> Solution:
     """Integrate the population gradient flow of the attention correlations.
 
     Parameters
@@ -203,6 +206,9 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
     init : (A0 (P, F), B0 (P, P)), optional
         Start from these per-position correlations (every position its own class). Default:
         Q = 0, evolved on the signature classes.
+    max_nfev : int or None
+        Budget of gradient evaluations; when it is spent the solution stops there with
+        ``status = -1`` and says so (None: no limit).
 
     Returns
     -------
@@ -219,6 +225,9 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
         if not (np.isfinite(tol) and tol > 0):
             raise ValueError(f"{name} must be finite and > 0, got {tol!r}")
     t_max, t_out = _check_times(t_max, t_eval)
+    if max_nfev is not None and (isinstance(max_nfev, bool) or not isinstance(max_nfev, (int, np.integer))
+                                 or max_nfev < 1):
+        raise ValueError(f"max_nfev must be a positive integer or None, got {max_nfev!r}")
     red, y0 = _initial_state(model, init)
     start = time.perf_counter()
 
@@ -227,20 +236,47 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
         _, gA, gB, gS = evaluate(red, method, A, B, Bs)
         return -red.pack(gA, gB, gS)
 
-    res = solve_ivp(rhs, (0.0, t_max), y0, method=integrator, t_eval=t_out, dense_output=True,
-                    rtol=rtol, atol=atol)
-    ys = res.y.T
-    status = int(res.status)
-    message = str(res.message)
-    if status < 0 or ys.shape[0] < t_out.size:
-        status = min(status, -1)
-        reached = res.t[-1] if res.t.size else 0.0
-        message = f"integration stopped at t={reached:g} before t_max={t_max:g}: {message}"
+    ts, ys, dense, status, message, nfev = _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol, max_nfev)
+    if status < 0:
         warnings.warn(f"gradflow.solve: {message}", RuntimeWarning, stacklevel=2)
     loss, target = observe(red, method, ys)
     A, B, Bs = red.unpack(ys)
     area_attention = target[:, :, red.class_of]
-    return Solution(t=res.t, A_classes=A, B_classes=B, B_self=Bs, loss=loss,
+    return Solution(t=ts, A_classes=A, B_classes=B, B_self=Bs, loss=loss,
                     area_attention=area_attention, model=model, method=method, reduction=red,
-                    status=status, message=message, nfev=int(res.nfev),
-                    wall_time=time.perf_counter() - start, _dense=res.sol)
+                    status=status, message=message, nfev=nfev,
+                    wall_time=time.perf_counter() - start, _dense=dense)
+
+
+def _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol, max_nfev):
+    """Step a SciPy OdeSolver to t_max (what solve_ivp does), stopping cleanly after
+    ``max_nfev`` gradient evaluations. Returns (t, y (T, n), dense, status, message, nfev)."""
+    cls = _SOLVERS[integrator] if isinstance(integrator, str) else integrator
+    count = [0]
+
+    def counted(t, y):
+        count[0] += 1
+        return rhs(t, y)
+
+    solver = cls(counted, 0.0, y0, t_max, rtol=rtol, atol=atol)
+    times, pieces = [0.0], []
+    status, message = 0, "reached t_max"
+    while solver.status == "running":
+        step_message = solver.step()
+        if solver.status == "failed":
+            status, message = -1, f"integration step failed at t={solver.t:g}: {step_message}"
+            break
+        pieces.append(solver.dense_output())
+        times.append(solver.t)
+        if max_nfev is not None and count[0] >= max_nfev and solver.status == "running":
+            status = -1
+            message = (f"stopped after {count[0]} gradient evaluations (max_nfev) at t={solver.t:g}: the flow "
+                       f"is very stiff here; try a shorter t_max, integrator='Radau' or a larger max_nfev")
+            break
+    reached = times[-1]
+    if status < 0:
+        message = f"integration stopped at t={reached:g} before t_max={t_max:g}: {message}"
+    dense = OdeSolution(times, pieces) if pieces else None
+    keep = t_out[t_out <= reached]
+    ys = np.array([y0 if t == 0.0 else dense(t) for t in keep]).reshape(keep.size, y0.size)
+    return keep, ys, dense, status, message, count[0]

@@ -68,3 +68,45 @@ def meanfield_loss(model, A, B):
                 loss = 0.5 * (zpos[p] ** 2 - 2 * zpos[p] * N[j0] / D + np.sum(N**2) / D**2)
                 total += model.probs[k] * wz * gamma * loss
     return total
+
+
+def brute_force_loss_mp(model, A, B, dps=50):
+    """The brute-force loss in mpmath at ``dps`` digits: a reference for extreme states where
+    float64 softmax itself loses digits."""
+    import mpmath as mp
+    mp.mp.dps = dps
+    P, gamma = model.n_patches, mp.mpf(model.mask_ratio)
+    total = mp.mpf(0)
+    for k, cl in enumerate(model.clusters):
+        fidx = [model.feature_index(k, j) for j in cl.areas]
+        zs, zp = _atoms(cl)
+        for z, wz in zip(zs, zp):
+            zpos = [mp.mpf(float(z[a])) for a in cl.areas]
+            for mask in itertools.product([0, 1], repeat=P):
+                pm = mp.mpf(1)
+                for x in mask:
+                    pm *= gamma if x else 1 - gamma
+                for p in range(P):
+                    if not mask[p]:
+                        continue
+                    scores = [mp.mpf(float(B[p, q])) + (0 if mask[q] else zpos[q] * mp.mpf(float(A[p, fidx[q]])))
+                              for q in range(P)]
+                    top = max(scores)
+                    e = [mp.exp(s - top) for s in scores]
+                    tot = sum(e)
+                    share = [mp.mpf(0)] * cl.n_areas
+                    for q in range(P):
+                        if not mask[q]:
+                            share[cl.areas[q]] += e[q] / tot * zpos[q]
+                    err = sum(s * s for s in share) - 2 * zpos[p] * share[cl.areas[p]] + zpos[p] ** 2
+                    total += mp.mpf(float(model.probs[k])) * mp.mpf(float(wz)) * pm * err / 2
+    return total
+
+
+def loss_scale(model):
+    """The loss of predicting zero, sum_k pi_k sum_p gamma E[z_p^2] / 2: the natural size of L."""
+    total = 0.0
+    for k, cl in enumerate(model.clusters):
+        ez2 = np.array([a.moment2() for a in cl.amplitudes])[cl.areas]
+        total += model.probs[k] * model.mask_ratio * 0.5 * ez2.sum()
+    return total
