@@ -4,7 +4,6 @@ Run: ``python benchmarks/core.py``. Prints one line per measurement.
 """
 from __future__ import annotations
 
-import itertools
 import subprocess
 import sys
 import time
@@ -12,35 +11,9 @@ import time
 import numpy as np
 
 import gradflow
+from references import brute_force_loss
 from gradflow import Amplitude, Cluster, DataModel
 from gradflow.presets import global_local
-
-
-def brute_force_loss(model, A, B):
-    """Plain NumPy reference: enumerate every mask and amplitude atom (vectorised over masks)."""
-    P, gamma = model.n_patches, model.mask_ratio
-    masks = np.array(list(itertools.product([0, 1], repeat=P)), dtype=bool)   # (2^P, P) True=masked
-    pm = np.prod(np.where(masks, gamma, 1 - gamma), axis=1)
-    vis = ~masks
-    total = 0.0
-    for k, cl in enumerate(model.clusters):
-        fidx = np.array([model.feature_index(k, j) for j in cl.areas])
-        atoms = [list(zip(a.values, a.weights)) for a in cl.amplitudes]
-        for combo in itertools.product(*atoms):
-            z = np.array([v for v, _ in combo])[cl.areas]
-            wz = np.prod([w for _, w in combo])
-            for p in range(P):
-                scores = B[p][None, :] + vis * (z * A[p, fidx])[None, :]          # (2^P, P)
-                scores -= scores.max(axis=1, keepdims=True)
-                e = np.exp(scores)
-                wts = e / e.sum(axis=1, keepdims=True) * vis
-                # reconstruction error in feature coordinates: sum over areas of squared shares
-                share = np.zeros((masks.shape[0], cl.n_areas))
-                for j in range(cl.n_areas):
-                    share[:, j] = (wts[:, cl.areas == j] * z[cl.areas == j]).sum(axis=1)
-                err = np.sum(share**2, axis=1) - 2 * z[p] * share[:, cl.areas[p]] + z[p] ** 2
-                total += model.probs[k] * wz * np.sum(pm * masks[:, p] * 0.5 * err)
-    return total
 
 
 def timeit(fn, repeat=5):

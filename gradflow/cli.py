@@ -6,6 +6,8 @@
     gradflow compare SOLUTION RUN [RUN ...]
     gradflow verify  [model] [--mc]         exit 0 when every check passes, 1 otherwise
     gradflow figures [--quick] --out DIR
+    gradflow bench   [--quick] [--json FILE]
+    gradflow sweep   --grid GRID.toml --out DIR [--scheduler ADDRESS]
 
 [model] is ``--preset NAME [--P ..] [--mask-ratio ..] ...`` or ``--config FILE.toml``. User errors
 print one line to stderr and exit with status 2.
@@ -134,6 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--mc-batch-size", type=int, default=256)
     v.add_argument("--mc-seeds", type=int, default=2)
 
+    w = sub.add_parser("sweep", help="solve a grid of models as Dask tasks, gather one NetCDF")
+    w.add_argument("--grid", type=Path, required=True, help="TOML: preset, t_max, [fixed], [grid], [mc]")
+    w.add_argument("--out", type=Path, required=True, help="directory (reruns skip finished points)")
+    w.add_argument("--scheduler", help="address of a running dask scheduler (default: a LocalCluster)")
+
+    b = sub.add_parser("bench", help="benchmarks against brute force, NumPy and Monte Carlo")
+    b.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
+    b.add_argument("--json", type=Path, help="also write the results as JSON")
+
     f = sub.add_parser("figures", help="make the six figures (PNG and PDF)")
     f.add_argument("--out", type=Path, default=Path("figures"))
     f.add_argument("--quick", action="store_true", help="small versions, under a minute")
@@ -178,6 +189,17 @@ def _run(args) -> int:
         print(f"gradflow verify: {model!r}")
         print(report.table())
         return 0 if report.passed else 1
+    if args.command == "sweep":
+        from .sweep import sweep_from_file
+        ds = sweep_from_file(args.grid, args.out, scheduler=args.scheduler)
+        failed = int((ds["error"].values != "").sum())
+        print(f"{ds.attrs['points']} points ({ds.attrs['computed']} computed now, {failed} failed): "
+              f"{args.out / 'sweep.nc'}")
+        return 0
+    if args.command == "bench":
+        from .bench import main as bench_main
+        bench_main(quick=args.quick, json_path=args.json)
+        return 0
     if args.command == "figures":
         from .figures import make_figures
         start = time.perf_counter()

@@ -56,13 +56,17 @@ def model_from_dict(spec: dict) -> DataModel:
                      mask_ratio=spec["mask_ratio"])
 
 
-def load_model(path) -> DataModel:
-    """DataModel from a TOML file; ValueError (naming the file) when it is missing or malformed."""
+def read_toml(path, what: str = "config file") -> dict:
+    """Parse a TOML file; ValueError naming the file when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ValueError(f"{what} {str(path)!r} does not exist")
     try:
-        spec = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    return model_from_dict(spec)
+        raise ValueError(f"{what} {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def load_model(path) -> DataModel:
+    """DataModel from a TOML file; ValueError (naming the file) when it is missing or malformed."""
+    return model_from_dict(read_toml(path))

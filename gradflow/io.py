@@ -30,8 +30,8 @@ def _features(model: DataModel) -> dict:
 
 def solution_to_xarray(sol: Solution, full: bool | None = None) -> xr.Dataset:
     """Dataset with dims time, cluster, query, key, feature (per position) and class, key_class
-    (the reduced state the solution evolves). ``full=None`` includes per-position A and B unless
-    they would exceed FULL_LIMIT numbers."""
+    (the reduced state the solution evolves). ``full=None`` includes per-position A, B and
+    area_attention unless B would exceed FULL_LIMIT numbers."""
     m, red = sol.model, sol.reduction
     T, P = sol.t.size, m.n_patches
     full = (T * P * P <= FULL_LIMIT) if full is None else full
@@ -41,10 +41,11 @@ def solution_to_xarray(sol: Solution, full: bool | None = None) -> xr.Dataset:
         "B_self": (("time", "class"), sol.B_self),
         "class_of": ("query", red.class_of),
         "loss": ("time", sol.loss),
-        "area_attention": (("time", "cluster", "query"), sol.area_attention),
+        "area_attention_classes": (("time", "cluster", "class"), sol.area_attention_classes),
         **_features(m),
     }
     if full:
+        data["area_attention"] = (("time", "cluster", "query"), sol.area_attention)
         data["A"] = (("time", "query", "feature"), sol.A)
         data["B"] = (("time", "query", "key"), sol.B)
     ds = xr.Dataset(data, coords={"time": sol.t, "cluster": np.arange(m.n_clusters),
@@ -58,7 +59,8 @@ def solution_to_xarray(sol: Solution, full: bool | None = None) -> xr.Dataset:
     ds["A_classes"].attrs["long_name"] = "feature-position correlation e_p^T Q v_f per class"
     ds["B_classes"].attrs["long_name"] = "position-position correlation e_p^T Q e_q (p != q) per class pair"
     ds["B_self"].attrs["long_name"] = "self correlation e_p^T Q e_p of a class"
-    ds["area_attention"].attrs["long_name"] = "expected attention of a masked query on unmasked keys of its own area"
+    ds["area_attention_classes"].attrs["long_name"] = (
+        "expected attention of a masked query on unmasked keys of its own area, per class")
     ds["time"].attrs["long_name"] = "gradient-flow time"
     return ds
 
@@ -124,7 +126,7 @@ def load_solution(path) -> Solution:
         dys[i] = -red.pack(gA, gB, gS)
     dense = CubicHermiteSpline(t, ys, dys, axis=0) if t.size > 1 else None
     return Solution(t=t, A_classes=A, B_classes=B, B_self=Bs, loss=ds["loss"].values,
-                    area_attention=ds["area_attention"].values, model=model, method=method,
+                    area_attention_classes=ds["area_attention_classes"].values, model=model, method=method,
                     reduction=red, status=int(ds.attrs["status"]), message=str(ds.attrs["message"]),
                     nfev=int(ds.attrs["nfev"]), wall_time=float(ds.attrs["wall_time"]), _dense=dense)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolution, OdeSolver, Radau
 
+from .jacobian import meanfield_jacobian
 from .model import DataModel
 from .population import (_check_state, attention_mass, attention_maps, check_method, evaluate,
                          own_area_mass)
@@ -57,7 +58,8 @@ class Solution(_PerPosition):
     A_classes, B_classes, B_self : per-class states (T, S, F), (T, S, S), (T, S).
     A, B : per-position states (T, P, F), (T, P, P), expanded on access.
     loss : (T,) population loss.
-    area_attention : (T, K, P) expected mass a masked query at p puts on the unmasked keys of its
+    area_attention : (T, K, P), expanded on access from ``area_attention_classes`` (T, K, S): the
+        expected mass a masked query at p puts on the unmasked keys of its
         own area when the sample comes from cluster k.
     model, method, reduction : what was solved and how.
     status : 0 success, -1 integration step failed (``message`` says why).
@@ -69,7 +71,7 @@ class Solution(_PerPosition):
     B_classes: np.ndarray
     B_self: np.ndarray
     loss: np.ndarray
-    area_attention: np.ndarray
+    area_attention_classes: np.ndarray
     model: DataModel
     method: str
     reduction: Reduction
@@ -82,6 +84,10 @@ class Solution(_PerPosition):
     @property
     def success(self) -> bool:
         return self.status >= 0
+
+    @property
+    def area_attention(self) -> np.ndarray:
+        return self.area_attention_classes[..., self.reduction.class_of]
 
     def state(self, i: int) -> State:
         """The state at output index ``i``."""
@@ -187,7 +193,7 @@ def observe(red: Reduction, method: str, ys: np.ndarray):
 
 def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: str = "LSODA",
           rtol: float = 1e-8, atol: float = 1e-10, t_eval=None, init=None,
-          max_nfev: int | None = MAX_NFEV) -> Solution:
+          max_nfev: int | None = MAX_NFEV, jacobian: str = "auto") -> Solution:
     """Integrate the population gradient flow of the attention correlations.
 
     Parameters
@@ -206,6 +212,10 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
     init : (A0 (P, F), B0 (P, P)), optional
         Start from these per-position correlations (every position its own class). Default:
         Q = 0, evolved on the signature classes.
+    jacobian : {"auto", "analytic", "numerical"}
+        For the implicit integrators (LSODA, BDF, Radau): "analytic" passes the analytic Jacobian
+        of the mean-field flow (point-mass amplitudes only); "numerical" lets SciPy difference
+        the gradient; "auto" takes the analytic one wherever it exists.
     max_nfev : int or None
         Budget of gradient evaluations; when it is spent the solution stops there with
         ``status = -1`` and says so (None: no limit).
@@ -229,6 +239,7 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
                                  or max_nfev < 1):
         raise ValueError(f"max_nfev must be a positive integer or None, got {max_nfev!r}")
     red, y0 = _initial_state(model, init)
+    jac = _jacobian_function(red, method, integrator, jacobian)
     start = time.perf_counter()
 
     def rhs(_t, y):
@@ -236,19 +247,36 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
         _, gA, gB, gS = evaluate(red, method, A, B, Bs)
         return -red.pack(gA, gB, gS)
 
-    ts, ys, dense, status, message, nfev = _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol, max_nfev)
+    ts, ys, dense, status, message, nfev = _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol,
+                                                      max_nfev, jac)
     if status < 0:
         warnings.warn(f"gradflow.solve: {message}", RuntimeWarning, stacklevel=2)
     loss, target = observe(red, method, ys)
     A, B, Bs = red.unpack(ys)
-    area_attention = target[:, :, red.class_of]
     return Solution(t=ts, A_classes=A, B_classes=B, B_self=Bs, loss=loss,
-                    area_attention=area_attention, model=model, method=method, reduction=red,
+                    area_attention_classes=target, model=model, method=method, reduction=red,
                     status=status, message=message, nfev=nfev,
                     wall_time=time.perf_counter() - start, _dense=dense)
 
 
-def _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol, max_nfev):
+def _jacobian_function(red, method, integrator, choice):
+    if choice not in ("auto", "analytic", "numerical"):
+        raise ValueError(f"jacobian must be 'auto', 'analytic' or 'numerical', got {choice!r}")
+    implicit = integrator in ("LSODA", "BDF", "Radau") or (
+        isinstance(integrator, type) and issubclass(integrator, (LSODA, BDF, Radau)))
+    available = method == "meanfield" and red.all_point
+    if choice == "analytic" and not (available and implicit):
+        raise ValueError(f"jacobian='analytic' needs method='meanfield', point-mass amplitudes and an "
+                         f"implicit integrator (LSODA, BDF, Radau), got method={method!r}, integrator={integrator!r}")
+    if choice == "numerical" or not (available and implicit):
+        return None
+
+    def jac(_t, y):
+        return meanfield_jacobian(red, *red.unpack(y))
+    return jac
+
+
+def _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol, max_nfev, jac=None):
     """Step a SciPy OdeSolver to t_max (what solve_ivp does), stopping cleanly after
     ``max_nfev`` gradient evaluations. Returns (t, y (T, n), dense, status, message, nfev)."""
     cls = _SOLVERS[integrator] if isinstance(integrator, str) else integrator
@@ -258,7 +286,8 @@ def _integrate(rhs, y0, t_max, t_out, integrator, rtol, atol, max_nfev):
         count[0] += 1
         return rhs(t, y)
 
-    solver = cls(counted, 0.0, y0, t_max, rtol=rtol, atol=atol)
+    extra = {} if jac is None else {"jac": jac}
+    solver = cls(counted, 0.0, y0, t_max, rtol=rtol, atol=atol, **extra)
     times, pieces = [0.0], []
     status, message = 0, "reached t_max"
     while solver.status == "running":

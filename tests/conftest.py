@@ -1,3 +1,4 @@
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -5,6 +6,16 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))   # the brute-force oracle module
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_source(relative: str):
+    """Import a file of the checkout that is not part of the package (derivations/, benchmarks/)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 from gradflow import Amplitude, Cluster, DataModel  # noqa: E402
 

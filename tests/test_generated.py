@@ -1,15 +1,9 @@
 """The committed SymPy output must be exactly what the derivations produce now."""
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_source
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "derivations" / "generate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_source("derivations/generate.py")
 
 
 def test_regenerated_source_is_identical():

@@ -1,0 +1,46 @@
+"""The analytic mean-field Jacobian: SymPy's Hessian, finite differences, and its use in solve."""
+import numpy as np
+import pytest
+from conftest import load_source
+
+from gradflow import Amplitude, Cluster, DataModel, solve
+from gradflow.jacobian import meanfield_jacobian
+from gradflow.population import evaluate
+from gradflow.presets import global_local
+from gradflow.reduction import position_reduction, signature_reduction
+
+
+def test_hessian_formula_matches_sympy():
+    derive = load_source("derivations/derive.py")
+    assert derive.meanfield_hessian_check(seed=1) < 1e-40
+
+
+@pytest.mark.parametrize("which", ["signature", "position"])
+def test_jacobian_equals_finite_differences(which):
+    m = DataModel(n_patches=7, mask_ratio=0.35, clusters=[
+        Cluster([0, 0, 1, 1, 1, 2, 2], prob=0.4, amplitudes={1: Amplitude([1.7])}),
+        Cluster([1, 0, 0, 1, 0, 1, 1], prob=0.6)])
+    red = signature_reduction(m) if which == "signature" else position_reduction(m)
+    y = np.random.default_rng(0).normal(size=red.state_size())
+
+    def f(v):
+        A, B, Bs = red.unpack(v)
+        _, gA, gB, gS = evaluate(red, "meanfield", A, B, Bs)
+        return -red.pack(gA, gB, gS)
+    J = meanfield_jacobian(red, *red.unpack(y))
+    eps = 1e-6
+    fd = np.stack([(f(y + eps * e) - f(y - eps * e)) / (2 * eps) for e in np.eye(y.size)], axis=1)
+    assert np.abs(J - fd).max() <= 1e-7 * np.abs(fd).max()
+
+
+def test_solve_with_analytic_jacobian_agrees():
+    m = global_local(64, n_local=4, local_size=4, mask_ratio=0.5)
+    te = [0.0, 10.0, 100.0, 1000.0]
+    for integ in ("Radau", "BDF"):
+        a = solve(m, 1000.0, method="meanfield", integrator=integ, jacobian="analytic", t_eval=te)
+        n = solve(m, 1000.0, method="meanfield", integrator=integ, jacobian="numerical", t_eval=te)
+        np.testing.assert_allclose(a.A_classes, n.A_classes, atol=1e-5)
+    with pytest.raises(ValueError, match="jacobian"):
+        solve(m, 10.0, method="exact", integrator="Radau", jacobian="analytic")
+    with pytest.raises(ValueError, match="jacobian"):
+        solve(m, 10.0, jacobian="symbolic")
