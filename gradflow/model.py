@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _SUM_TOL = 1e-9
+AMPLITUDE_MAX = 1e6   # z enters the scores as z * A: beyond this the t-grid of the kernels explodes
 
 
 def _fmt(value) -> str:
@@ -48,8 +49,8 @@ class Amplitude:
         v = np.atleast_1d(_as_float_array("amplitude values", values))
         if v.ndim != 1 or v.size == 0:
             raise ValueError(f"amplitude values must be a non-empty 1-d sequence, got {_fmt(values)}")
-        if not np.all(np.isfinite(v)) or np.any(v <= 0):
-            raise ValueError(f"amplitude values must be finite and > 0, got {_fmt(values)}")
+        if not np.all(np.isfinite(v)) or np.any(v <= 0) or np.any(v > AMPLITUDE_MAX):
+            raise ValueError(f"amplitude values must be finite, > 0 and <= {AMPLITUDE_MAX:g}, got {_fmt(values)}")
         if weights is None:
             w = np.full(v.size, 1.0 / v.size)
         else:

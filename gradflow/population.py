@@ -12,6 +12,8 @@ from . import kernels
 from .model import DataModel
 from .reduction import Reduction, position_reduction
 
+LOG_WEIGHT_LIMIT = 1e6   # largest |score| accepted: ~5e6 quadrature nodes per query at most
+
 
 def check_method(method: str) -> int:
     if method not in kernels.METHODS:
@@ -81,6 +83,13 @@ def _check_state(model: DataModel, A, B):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite, got non-finite entries at {np.argwhere(~np.isfinite(arr))[:3].tolist()}")
         out.append(np.ascontiguousarray(arr))
+    # the kernels' t-grid grows with the spread of the log key weights B + z A: refuse states
+    # that would need billions of nodes rather than hang
+    zmax = np.array([a.values.max() for c in model.clusters for a in c.amplitudes])
+    span = np.abs(out[1]).max() + (np.abs(out[0]) * zmax[None, :]).max()
+    if span > LOG_WEIGHT_LIMIT:
+        raise ValueError(f"A, B are too large: attention scores |B| + z |A| reach {span:.3g} "
+                         f"(limit {LOG_WEIGHT_LIMIT:g})")
     return out
 
 

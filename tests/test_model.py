@@ -61,6 +61,7 @@ def test_model_errors_name_the_field(kwargs, field):
     (lambda: Cluster([0.5, 1]), "areas", "0.5"),
     (lambda: Amplitude([1.0, -2.0]), "values", "-2.0"),
     (lambda: Amplitude([0.0]), "values", "0.0"),
+    (lambda: Amplitude([2e152]), "values", "2e+152"),
     (lambda: Amplitude([1.0, 2.0], [0.7, 0.7]), "weights", "0.7"),
     (lambda: Amplitude([1.0, 2.0], [1.2, -0.2]), "weights", "-0.2"),
     (lambda: Amplitude.uniform(2.0, 1.0), "high", "1.0"),

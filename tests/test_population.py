@@ -100,7 +100,7 @@ def test_saturated_attention_stays_accurate():
 @pytest.mark.parametrize("bad, field", [
     (dict(A=np.zeros((3, 2))), "A"), (dict(B=np.zeros((4, 3))), "B"),
     (dict(A=np.full((4, 2), np.nan)), "A"), (dict(B=np.full((4, 4), np.inf)), "B"),
-    (dict(method="mc"), "method"),
+    (dict(method="mc"), "method"), (dict(A=np.full((4, 2), 1e7)), "A, B are too large"),
 ])
 def test_bad_state_is_a_value_error(bad, field):
     m = DataModel(n_patches=4, clusters=[Cluster([0, 0, 1, 1])], mask_ratio=0.5)
