@@ -25,8 +25,8 @@ from .compare import compare
 from .config import load_model
 from .montecarlo import TrainRun, train_transformer
 from .observables import phases
-from .presets import PRESETS, balanced, global_local
-from .solver import Solution, solve
+from .presets import PRESETS, global_local, preset_model
+from .solver import Solution, solve, target_fraction
 from .verify import verify
 
 
@@ -54,31 +54,20 @@ def _add_flow_options(p: argparse.ArgumentParser, t_max: float) -> None:
     p.add_argument("--method", default="exact", help="exact or meanfield")
 
 
-def build_model(preset: str, P: int, mask_ratio: float, n_local: int = 4, local_size: int = 4,
-                n_clusters: int = 1):
-    """The DataModel a preset and its options describe (ValueError on bad options)."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    if preset == "global_local":
-        return global_local(P, n_local=n_local, local_size=local_size, mask_ratio=mask_ratio,
-                            n_clusters=n_clusters)
-    side = int(round(np.sqrt(P))) if P > 0 else 0
-    if side * side != P or side % 2:
-        raise ValueError(f"P must be an even square for the balanced preset (four square areas), got {P}")
-    return balanced((side, side), (side // 2, side // 2), mask_ratio, n_clusters=n_clusters)
-
-
 def _model_from(args):
     if args.config is not None:
         return load_model(args.config)
-    return build_model(args.preset, args.P, args.mask_ratio, args.n_local, args.local_size, args.n_clusters)
+    kw = {"n_clusters": args.n_clusters}
+    if args.preset == "global_local":
+        kw.update(n_local=args.n_local, local_size=args.local_size)
+    return preset_model(args.preset, args.P, args.mask_ratio, **kw)
 
 
 def solve_summary(sol) -> str:
     """What ``python -m gradflow`` prints: phases reached, loss, area attention, wall time."""
     model = sol.model
     ph = phases(sol)
-    frac = sol.area_attention[-1] / model.ceiling()
+    frac = target_fraction(sol.area_attention[-1], model.ceiling())
     lines = [f"gradflow: {model!r}",
              f"  method {sol.method}, t_max {sol.t[-1]:g}, status {sol.status}: {sol.message}",
              f"  loss {sol.loss[0]:.6g} -> {sol.loss[-1]:.6g}"]
@@ -91,7 +80,8 @@ def solve_summary(sol) -> str:
                 parts.append(f"{tn} {np.median(T[reached]):.4g}" if reached.all()
                              else f"{tn} reached by {reached.sum()}/{reached.size}")
             lines.append(f"  phases of {name} queries ({sel.sum()}): " + ", ".join(parts) + " (median)")
-    lines += [f"  area attention / ceiling at t_max: min {frac.min():.4f}, mean {frac.mean():.4f}, max {frac.max():.4f}",
+    lines += [f"  area attention / ceiling at t_max: min {np.nanmin(frac):.4f}, mean {np.nanmean(frac):.4f}, "
+              f"max {np.nanmax(frac):.4f}",
               f"  wall time {sol.wall_time:.2f} s ({sol.nfev} gradient evaluations, "
               f"{sol.reduction.n_classes} classes)"]
     return "\n".join(lines)
@@ -151,11 +141,23 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_out(path) -> None:
+    """Refuse an output file we could not write, before any work is done."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--out {str(path)!r} is a directory, not a file")
+    if not path.parent.exists():
+        raise ValueError(f"output directory {str(path.parent)!r} does not exist")
+
+
 def _run(args) -> int:
     if args.command is None:
         sol = solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)
         print(solve_summary(sol))
         return 0
+    if args.command in ("solve", "train"):
+        _check_out(args.out)
     if args.command == "solve":
         sol = solve(_model_from(args), args.t_max, method=args.method)
         print(solve_summary(sol))
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:     # bad input, or a file we cannot read or write
         print(f"gradflow: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -31,8 +31,13 @@ def _amplitude(spec, where: str) -> Amplitude:
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must be a table, got {spec!r}")
     if "uniform" in spec:
-        low, high = spec["uniform"]
-        return Amplitude.uniform(low, high, spec.get("n_atoms", 8))
+        bounds, n_atoms = spec["uniform"], spec.get("n_atoms", 8)
+        if not (isinstance(bounds, list) and len(bounds) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+            raise ValueError(f"{where}.uniform must be [low, high], got {bounds!r}")
+        if isinstance(n_atoms, bool) or not isinstance(n_atoms, int):
+            raise ValueError(f"{where}.n_atoms must be an integer, got {n_atoms!r}")
+        return Amplitude.uniform(bounds[0], bounds[1], n_atoms)
     if "values" in spec:
         return Amplitude(spec["values"], spec.get("weights"))
     raise ValueError(f"{where} needs 'values' (and 'weights') or 'uniform = [low, high]', got {spec!r}")
@@ -41,9 +46,12 @@ def _amplitude(spec, where: str) -> Amplitude:
 def model_from_dict(spec: dict) -> DataModel:
     """DataModel from a parsed config (see the module docstring)."""
     clusters = []
-    for k, c in enumerate(spec.get("clusters", [])):
-        if "areas" not in c:
-            raise ValueError(f"clusters[{k}] needs 'areas'")
+    raw = spec.get("clusters", [])
+    if not isinstance(raw, list):
+        raise ValueError(f"clusters must be a list of tables ([[clusters]]), got {raw!r}")
+    for k, c in enumerate(raw):
+        if not isinstance(c, dict) or "areas" not in c:
+            raise ValueError(f"clusters[{k}] must be a table with 'areas', got {c!r}")
         amps = c.get("amplitudes")
         if isinstance(amps, dict) and amps and all(str(key).isdigit() for key in amps):
             amps = {int(key): _amplitude(v, f"clusters[{k}].amplitudes.{key}") for key, v in amps.items()}

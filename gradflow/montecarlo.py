@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -240,9 +241,10 @@ def _check_args(model, steps, lr, batch_size, d, seed, init_scale, record_every,
     for name, value in (("steps", steps), ("batch_size", batch_size), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (np.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not (isinstance(init_scale, (int, float)) and np.isfinite(init_scale) and init_scale >= 0):
+    if isinstance(init_scale, bool) or not isinstance(init_scale, numbers.Real) or \
+            not (np.isfinite(init_scale) and init_scale >= 0):
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

@@ -82,7 +82,7 @@ class Phases:
 
     T1 (K, P): the distractor mass on the largest other area falls to half its t = 0 value.
     T2 (K, P): the target mass reaches half its ceiling. T3 (K, P): (1 - eps) of its ceiling.
-    NaN where not reached. ``is_local`` (K, P): the query's area is not its cluster's largest.
+    NaN where not reached, and T2, T3 NaN for single-patch areas (ceiling 0: no target). ``is_local`` (K, P): the query's area is not its cluster's largest.
     ``target`` and ``distractor`` (T, K, P) are the traces the times were read from.
     """
 
@@ -135,6 +135,27 @@ def _largest_other_area(model: DataModel) -> np.ndarray:
     return out
 
 
+def _distractor_at_zero(result, area, oth) -> np.ndarray:
+    """(K, S) distractor mass of the state at t = 0, from a Solution's dense output."""
+    try:
+        lo, _ = result.dense_range()
+    except (AttributeError, ValueError):
+        lo = None
+    if lo is None or lo > 0.0:
+        raise ValueError(f"phases needs the state at t = 0 to measure T1, but the result starts at "
+                         f"t = {result.t[0]:g}; include t = 0 in t_eval")
+    st = result.at(0.0)
+    red = result.reduction
+    unm = attention_mass(red, result.method, st.A_classes, st.B_classes, st.B_self)[0]
+    K, S = area.shape
+    out = np.full((K, S), np.nan)
+    for k in range(K):
+        for s in range(S):
+            if oth[k, s] >= 0:
+                out[k, s] = unm[k, s][area[k] == oth[k, s]].sum()
+    return out
+
+
 def phases(result, eps: float = 0.05) -> Phases:
     """Phase times T1, T2, T3 of a ``Solution`` or a ``TrainRun`` (MODEL.md section 5).
 
@@ -163,15 +184,20 @@ def phases(result, eps: float = 0.05) -> Phases:
     distractor = np.where(oth[None] >= 0,
                           np.take_along_axis(unmasked, np.maximum(oth, 0)[None, :, :, None], axis=3)[..., 0],
                           np.nan)
+    # T1 is measured against the distractor mass at t = 0, which the output times may not hold
+    d0 = distractor[0]
+    if t[0] != 0.0:
+        d0 = _distractor_at_zero(result, area, oth)
     T1 = np.full((K, S), np.nan)
     T2 = np.full((K, S), np.nan)
     T3 = np.full((K, S), np.nan)
     for k in range(K):
         for s in range(S):
             ceil = ceiling[k, rep[s]]
-            T1[k, s] = _crossing(t, distractor[:, k, s], 0.5 * distractor[0, k, s], above=False)
-            T2[k, s] = _crossing(t, target[:, k, s], 0.5 * ceil, above=True)
-            T3[k, s] = _crossing(t, target[:, k, s], (1.0 - eps) * ceil, above=True)
+            T1[k, s] = _crossing(t, distractor[:, k, s], 0.5 * d0[k, s], above=False)
+            if ceil > 0:        # a single-patch area has no target: T2, T3 stay NaN
+                T2[k, s] = _crossing(t, target[:, k, s], 0.5 * ceil, above=True)
+                T3[k, s] = _crossing(t, target[:, k, s], (1.0 - eps) * ceil, above=True)
     return Phases(t=t, T1=T1[:, c], T2=T2[:, c], T3=T3[:, c], is_local=local_mask(model),
                   ceiling=ceiling, target=target[:, :, c], distractor=distractor[:, :, c],
                   eps=float(eps), model=model)

@@ -120,3 +120,17 @@ def balanced(grid=(8, 8), area_shape=(4, 4), mask_ratio: float = 0.5, n_clusters
 
 
 PRESETS = {"global_local": global_local, "balanced": balanced}
+
+
+def preset_model(name: str, P: int, mask_ratio: float = 0.5, **kw) -> DataModel:
+    """A preset by name and number of patches: ``global_local(P, ...)``, or ``balanced`` on a
+    square grid of side sqrt(P) cut into four square areas."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    P = _positive_int("P", P)
+    if name == "global_local":
+        return global_local(P, mask_ratio=mask_ratio, **kw)
+    side = int(round(np.sqrt(P)))
+    if side * side != P or side % 2:
+        raise ValueError(f"P must be an even square for the balanced preset (four square areas), got {P}")
+    return balanced((side, side), (side // 2, side // 2), mask_ratio, **kw)

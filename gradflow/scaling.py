@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .observables import phases
-from .presets import PRESETS
+from .presets import PRESETS, preset_model
 from .solver import solve
 
 T_MAX_START = 1e3
@@ -58,8 +58,8 @@ def phase_scaling(preset_fn, Ps, *, t_max: float | None = None, method: str = "e
     Parameters
     ----------
     preset_fn : callable or str
-        ``preset_fn(P, **kw)`` returns a DataModel (a name in ``gradflow.presets.PRESETS`` whose
-        first argument is P, e.g. "global_local").
+        ``preset_fn(P, **kw)`` returns a DataModel, or a preset name (``presets.preset_model``:
+        "global_local", or "balanced" on a sqrt(P) x sqrt(P) grid of four areas).
     Ps : sequence of int
     t_max : float, optional
         Length of every flow; default: grown tenfold from 1e3 until every query reaches T3.
@@ -67,12 +67,15 @@ def phase_scaling(preset_fn, Ps, *, t_max: float | None = None, method: str = "e
     **kw : passed to ``preset_fn``.
     """
     if isinstance(preset_fn, str):
-        if preset_fn not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset_fn!r}")
-        preset_fn = PRESETS[preset_fn]
-    Ps = np.asarray(list(Ps), dtype=np.int64)
-    if Ps.size < 2 or np.any(Ps < 1) or np.unique(Ps).size != Ps.size:
-        raise ValueError(f"Ps must hold at least two distinct positive P, got {Ps.tolist()!r}")
+        name = preset_fn
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        preset_fn = lambda P, **kwargs: preset_model(name, P, **kwargs)   # noqa: E731
+    Ps = list(Ps)
+    if len(Ps) < 2 or any(isinstance(P, bool) or not isinstance(P, (int, np.integer)) or P < 1 for P in Ps) \
+            or len(set(Ps)) != len(Ps):
+        raise ValueError(f"Ps must hold at least two distinct positive integers, got {Ps!r}")
+    Ps = np.asarray(Ps, dtype=np.int64)
     names = ("T1", "T2", "T3")
     times = {n: np.full(Ps.size, np.nan) for n in names}
     which = "local"

@@ -93,11 +93,24 @@ class Solution(_PerPosition):
         """The state at output index ``i``."""
         return State(self.reduction, self.A_classes[i], self.B_classes[i], self.B_self[i])
 
+    def dense_range(self) -> tuple[float, float]:
+        """Times ``at`` can evaluate: [0, t_max] after a solve, the stored span after a load."""
+        if self._dense is None:
+            raise ValueError("this solution has no dense output (it holds a single time)")
+        lo = getattr(self._dense, "t_min", None)
+        lo = float(self._dense.x[0]) if lo is None else float(lo)
+        return lo, float(self.t[-1])
+
     def at(self, t: float) -> State:
-        """The state at any time in ``[0, t[-1]]`` from the integrator's dense output."""
-        t = float(t)
-        if not (0.0 <= t <= self.t[-1]):
-            raise ValueError(f"t must be in [0, {self.t[-1]}], got {t!r}")
+        """The state at any time in ``dense_range()`` from the integrator's dense output (a cubic
+        Hermite interpolant of the stored states for a loaded solution)."""
+        lo, hi = self.dense_range()
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise ValueError(f"t must be a number in [{lo}, {hi}], got {t!r}") from None
+        if not (lo <= t <= hi):
+            raise ValueError(f"t must be in [{lo}, {hi}], got {t!r}")
         A, B, Bs = self.reduction.unpack(self._dense(t))
         return State(self.reduction, A, B, Bs)
 
@@ -107,8 +120,11 @@ class Solution(_PerPosition):
         ``part`` is "total", "unmasked" (mass on q when q is unmasked) or "masked". The diagonal
         is the query's attention on itself (always masked). Rows of "total" sum to one.
         """
-        if not (0 <= cluster < self.model.n_clusters):
-            raise ValueError(f"cluster must be in 0..{self.model.n_clusters - 1}, got {cluster!r}")
+        if isinstance(cluster, bool) or not isinstance(cluster, (int, np.integer)) or \
+                not (0 <= cluster < self.model.n_clusters):
+            raise ValueError(f"cluster must be an integer in 0..{self.model.n_clusters - 1}, got {cluster!r}")
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not (-self.t.size <= i < self.t.size):
+            raise ValueError(f"i must be an output index in 0..{self.t.size - 1}, got {i!r}")
         st = self.state(i)
         return attention_maps(self.reduction, self.method, st.A_classes, st.B_classes, st.B_self,
                               part=part, clusters=[cluster])[0]
@@ -130,16 +146,21 @@ class Solution(_PerPosition):
 
     def summary(self) -> str:
         """A few lines: what was solved, the final loss and area attention."""
-        ceil = self.model.ceiling()
-        frac = self.area_attention[-1] / ceil
+        frac = target_fraction(self.area_attention[-1], self.model.ceiling())
         lines = [
             f"{self.model!r}",
             f"method={self.method}  status={self.status} ({self.message})  t_max={self.t[-1]:g}  "
             f"nfev={self.nfev}  wall={self.wall_time:.3f}s",
             f"loss: {self.loss[0]:.6g} -> {self.loss[-1]:.6g}",
-            f"area attention / ceiling at t_max: min {frac.min():.4f}, mean {frac.mean():.4f}",
+            f"area attention / ceiling at t_max: min {np.nanmin(frac):.4f}, mean {np.nanmean(frac):.4f}",
         ]
         return "\n".join(lines)
+
+
+def target_fraction(target: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """target / ceiling, NaN for queries whose area is a single patch (ceiling 0: no target)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ceiling > 0, target / np.where(ceiling > 0, ceiling, 1.0), np.nan)
 
 
 def default_times(t_max: float, per_decade: int = 20, decades: int = 6) -> np.ndarray:
@@ -157,8 +178,11 @@ def _check_times(t_max, t_eval):
         raise ValueError(f"t_max must be finite and > 0, got {t_max!r}")
     if t_eval is None:
         return t_max, default_times(t_max)
-    te = np.asarray(t_eval, dtype=np.float64).ravel()
-    if te.size == 0 or not np.all(np.isfinite(te)) or np.any(np.diff(te) <= 0) or te[0] < 0 or te[-1] > t_max:
+    try:
+        te = np.asarray(t_eval, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"t_eval must be increasing times in [0, t_max={t_max}], got {t_eval!r}") from None
+    if te.ndim != 1 or te.size == 0 or not np.all(np.isfinite(te)) or np.any(np.diff(te) <= 0) or te[0] < 0 or te[-1] > t_max:
         raise ValueError(f"t_eval must be increasing times in [0, t_max={t_max}], got {t_eval!r}")
     return t_max, te
 
@@ -232,8 +256,9 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
     if not (integrator in INTEGRATORS or (isinstance(integrator, type) and issubclass(integrator, OdeSolver))):
         raise ValueError(f"integrator must be one of {INTEGRATORS} or an OdeSolver subclass, got {integrator!r}")
     for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (np.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name} must be finite and > 0, got {tol!r}")
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) \
+                or not (np.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
     t_max, t_out = _check_times(t_max, t_eval)
     if max_nfev is not None and (isinstance(max_nfev, bool) or not isinstance(max_nfev, (int, np.integer))
                                  or max_nfev < 1):

@@ -50,6 +50,8 @@ def test_solve_train_compare_workflow(tmp_path, capsys):
     (["train", "--steps", "0", "--lr", "0.1", "--out", "x.nc"], "steps"),
     (["compare", "missing.nc", "other.nc"], "missing.nc"),
     (["verify", "--n-local", "99"], "n_local"),
+    (["solve", "--out", "."], "directory"),
+    (["solve", "--out", "/nonexistent/dir/x.nc"], "does not exist"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, needle, capsys):
     assert main(argv) == 2
@@ -68,3 +70,17 @@ def test_default_job_prints_summary():
     out = subprocess.run([sys.executable, "-m", "gradflow"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "phases of local queries (16): T1" in out.stdout and "wall time" in out.stdout
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("clusters = 5", "clusters"),
+    ("clusters = [5]", "clusters[0]"),
+    ("[[clusters]]\nareas = [0, 1]\namplitudes = { uniform = 5 }", "uniform"),
+    ("[[clusters]]\nareas = [0, 1]\namplitudes = { uniform = [0.5, 1.5], n_atoms = 'x' }", "n_atoms"),
+])
+def test_bad_config_files_exit_2(tmp_path, capsys, body, needle):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("mask_ratio = 0.5\nn_patches = 2\n" + body + "\n")
+    assert main(["solve", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and needle in err

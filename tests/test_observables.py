@@ -101,3 +101,39 @@ def test_phase_scaling_global_local():
     assert "slope" in r.table()
     with pytest.raises(ValueError, match="Ps"):
         phase_scaling("global_local", [64])
+
+
+def test_T1_is_measured_from_t0_even_when_outputs_start_later():
+    from gradflow.presets import balanced
+    m = balanced((6, 6), (3, 3), 0.5, n_clusters=2)
+    te = np.linspace(5.0, 200.0, 200)
+    with_zero = phases(gradflow.solve(m, 200.0, t_eval=np.r_[0.0, te]))
+    without = phases(gradflow.solve(m, 200.0, t_eval=te))
+    np.testing.assert_allclose(without.T1, with_zero.T1, rtol=1e-6)
+    loaded_path = None
+    sol = gradflow.solve(m, 200.0, t_eval=te)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        loaded_path = f"{d}/s.nc"
+        sol.save(loaded_path)
+        loaded = gradflow.Solution.load(loaded_path)
+        with pytest.raises(ValueError, match="t = 0"):
+            phases(loaded)                           # a loaded file cannot reach back to t = 0
+        with pytest.raises(ValueError, match="t must be in"):
+            loaded.at(0.0)
+
+
+def test_single_patch_areas_have_no_target():
+    m = DataModel(n_patches=6, mask_ratio=0.5, clusters=[Cluster([0, 0, 0, 0, 0, 1])])
+    sol = gradflow.solve(m, 1e4)
+    ph = phases(sol)
+    assert ph.ceiling[0, 5] == 0 and np.isnan(ph.T2[0, 5]) and np.isnan(ph.T3[0, 5])
+    assert np.all(np.isfinite(ph.T3[0, :5]))
+    assert gradflow.verify(m, t_max=1e4).passed
+
+
+def test_phase_scaling_by_preset_name_balanced():
+    r = phase_scaling("balanced", [16, 36, 64])
+    assert r.which == "all" and abs(r.slopes["T2"]) < 0.2
+    with pytest.raises(ValueError, match="Ps"):
+        phase_scaling("global_local", [16.5, 36])

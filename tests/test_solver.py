@@ -61,6 +61,13 @@ def test_solution_attention_and_dense_output(paper_solution):
     np.testing.assert_allclose(st.B, sol.B[i], atol=1e-6)
 
 
+def test_attention_index_errors(paper_solution):
+    with pytest.raises(ValueError, match="cluster"):
+        paper_solution.attention(0, cluster=1.5)
+    with pytest.raises(ValueError, match="output index"):
+        paper_solution.attention(10**6)
+
+
 def test_integrators_agree():
     m = global_local(36, n_local=2, local_size=4, mask_ratio=0.5, n_clusters=2)
     te = [0.0, 1.0, 10.0, 100.0]
@@ -108,6 +115,8 @@ def test_integrator_failure_is_reported():
     (dict(integrator="Euler"), "integrator"), (dict(method="exactly"), "method"),
     (dict(t_eval=[0.0, 5.0, 3.0]), "t_eval"), (dict(t_eval=[0.0, 20.0]), "t_eval"),
     (dict(init=(np.zeros((3, 3)), np.zeros((4, 4)))), "A"), (dict(rtol=0.0), "rtol"),
+    (dict(rtol="x"), "rtol"), (dict(atol=None), "atol"), (dict(t_eval=["a"]), "t_eval"),
+    (dict(t_eval=[[0.0, 1.0], [2.0, 3.0]]), "t_eval"), (dict(max_nfev=0), "max_nfev"),
 ])
 def test_solve_bad_input(kw, field):
     m = DataModel(n_patches=4, clusters=[Cluster([0, 0, 1, 1])], mask_ratio=0.5)
