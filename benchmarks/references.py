@@ -53,7 +53,6 @@ def numpy_loss_and_grad(model, A, B):
     P, F, g = model.n_patches, model.n_features, model.mask_ratio
     loss, dA, dB = 0.0, np.zeros((P, F)), np.zeros((P, P))
     for k, cl in enumerate(model.clusters):
-        f_of = np.array([model.feature_index(k, j) for j in cl.areas])
         for p in range(P):
             keys = np.arange(P) != p
             q_idx = np.flatnonzero(keys)

@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from ._atomic import atomic_path
-from .compare import compare
 from .montecarlo import train_transformer
 from .observables import area_oracle_loss, attention_diversity, phases
 from .population import expected_attention

@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._atomic import atomic_path
+from ._persist import Persistent
 from .model import DataModel
 from .population import area_attention
 
@@ -29,7 +30,7 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class TrainRun:
+class TrainRun(Persistent):
     """Result of :func:`train_transformer`.
 
     Attributes
@@ -63,21 +64,7 @@ class TrainRun:
     record_every: int
     wall_time: float = 0.0
     meta: dict = field(default_factory=dict, repr=False)
-
-    def to_xarray(self):
-        """The run as a labelled ``xarray.Dataset`` (see ``gradflow.io``)."""
-        from .io import trainrun_to_xarray
-        return trainrun_to_xarray(self)
-
-    def save(self, path) -> None:
-        """Write a NetCDF file atomically; ``TrainRun.load`` reads it back."""
-        from .io import save_trainrun
-        save_trainrun(self, path)
-
-    @classmethod
-    def load(cls, path) -> "TrainRun":
-        from .io import load_trainrun
-        return load_trainrun(path)
+    _io_kind = "trainrun"
 
 
 # ---- data -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolution, OdeSolver, Radau
 
+from ._persist import Persistent
 from .jacobian import meanfield_jacobian
 from .model import DataModel
 from .population import (_check_state, attention_mass, attention_maps, check_method, evaluate,
@@ -49,7 +50,7 @@ class State(_PerPosition):
 
 
 @dataclass
-class Solution(_PerPosition):
+class Solution(_PerPosition, Persistent):
     """Result of :func:`solve` (cf. ``scipy.integrate.solve_ivp``'s ``OdeResult``).
 
     Attributes
@@ -80,6 +81,7 @@ class Solution(_PerPosition):
     nfev: int
     wall_time: float
     _dense: object = field(default=None, repr=False)
+    _io_kind = "solution"
 
     @property
     def success(self) -> bool:
@@ -128,21 +130,6 @@ class Solution(_PerPosition):
         st = self.state(i)
         return attention_maps(self.reduction, self.method, st.A_classes, st.B_classes, st.B_self,
                               part=part, clusters=[cluster])[0]
-
-    def to_xarray(self):
-        """The solution as a labelled ``xarray.Dataset`` (see ``gradflow.io``)."""
-        from .io import solution_to_xarray
-        return solution_to_xarray(self)
-
-    def save(self, path) -> None:
-        """Write a NetCDF file atomically; ``Solution.load`` reads it back."""
-        from .io import save_solution
-        save_solution(self, path)
-
-    @classmethod
-    def load(cls, path) -> "Solution":
-        from .io import load_solution
-        return load_solution(path)
 
     def summary(self) -> str:
         """A few lines: what was solved, the final loss and area attention."""
