@@ -7,7 +7,7 @@ Two families of expressions are derived here and nowhere else:
     normalised variables a_j = N_j / D (so that kernels never form D itself: log-space safe).
 
 (b) ``key_factors``: for the exact method (and its mean-field counterpart) the per-key-class
-    factors of the integrand of MODEL.md section 4 in the dimensionless variables
+    factors of the integrand of docs/model.md section 4 in the dimensionless variables
     ta = t * alpha, tb = t * beta: log phi, the tilted unmasked mean M = ta*u,
     the tilted variance V = ta^2 u (1 - u), the masked attention mass tb (1 - u), and their
     derivatives along log(alpha) and log(beta).

@@ -1,24 +1,54 @@
 """gradflow: exact gradient-flow dynamics of attention in a one-layer softmax transformer
 trained by masked reconstruction (Huang, Wen, Chi, Liang 2024, arXiv 2403.02233).
 
-The mathematical contract is MODEL.md; the layers, bottom up: ``model`` (data model),
-``reduction`` (signature classes), ``_generated`` (SymPy expressions), ``kernels`` (Numba),
-``population`` (loss, gradient, attention), ``solver`` (``solve``), ``montecarlo`` (SGD-trained
-transformers), ``compare`` (flow versus Monte Carlo), ``observables`` (phases, diversity),
-``verify`` (the paper's claims as checks), ``scaling`` (phase times versus P), ``presets``, ``cli``.
-"""
-from .model import Amplitude, Cluster, DataModel
-from .population import expected_attention, population_grad, population_loss
-from .solver import Solution, State, solve
-from .montecarlo import TrainRun, train_transformer
-from .compare import Comparison, compare
-from .observables import Phases, area_oracle_loss, attention_diversity, phases
-from .verify import Report, verify
-from .scaling import ScalingResult, phase_scaling
-from . import presets
+The contract is docs/model.md. The layers, bottom up, each importing only those below it:
 
-__all__ = ["Amplitude", "Cluster", "Comparison", "DataModel", "Phases", "Report", "ScalingResult",
-           "Solution", "State", "TrainRun", "area_oracle_loss", "attention_diversity", "compare",
-           "expected_attention", "phase_scaling", "phases", "population_grad", "population_loss",
-           "presets", "solve", "train_transformer", "verify"]
-__version__ = "0.1.0"
+``model``     the data model, presets, TOML model files
+``theory``    class reduction, the flow's ``State``, SymPy-generated factors, Numba kernels,
+              population loss / gradient / expected attention, the mean-field Jacobian
+``flow``      ``solve`` and its ``Solution``, observables along a trajectory, phases
+``training``  transformers trained by SGD on sampled data (``train_transformer``, ``TrainRun``)
+``analysis``  ``compare``, ``verify``, ``phase_scaling``, ``phase_diagram``, sweeps, benchmarks
+``figures``   drawing; ``cli`` the command line
+
+``io`` (output paths, atomic writes, NetCDF) and ``errors`` sit under all of them.
+"""
+import sys
+
+from ._version import __version__
+from .analysis import Comparison, Report, ScalingResult, compare, phase_scaling, verify
+from .errors import (
+           ConfigError,
+           FileFormatError,
+           GradflowError,
+           InvalidInputError,
+           OutputPathError,
+)
+from .flow import (
+           Phases,
+           PhaseSummary,
+           Solution,
+           attention_diversity,
+           phases,
+           solve,
+           summarize,
+)
+from .model import Amplitude, Cluster, DataModel, presets
+from .theory import (
+           State,
+           area_oracle_loss,
+           expected_attention,
+           population_grad,
+           population_loss,
+)
+from .training import TrainRun, train_transformer
+
+# ``gradflow.presets`` is the documented namespace of ready-made models: make
+# ``from gradflow.presets import global_local`` work as well as attribute access
+sys.modules.setdefault(f"{__name__}.presets", presets)
+
+__all__ = ["Amplitude", "Cluster", "Comparison", "ConfigError", "DataModel", "FileFormatError", "GradflowError",
+           "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report", "ScalingResult",
+           "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "attention_diversity", "compare",
+           "expected_attention", "phase_scaling", "phases", "population_grad", "population_loss", "presets",
+           "solve", "summarize", "train_transformer", "verify"]

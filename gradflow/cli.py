@@ -2,15 +2,17 @@
 
     python -m gradflow                      solve the default preset, print a summary
     gradflow solve   [model] [--out FILE]   solve a flow (NetCDF output)
-    gradflow train   [model] --steps N --lr X --batch-size B --seeds S --out FILE
+    gradflow train   [model] --steps N --lr X [--seeds S] --out FILE
     gradflow compare SOLUTION RUN [RUN ...]
     gradflow verify  [model] [--mc]         exit 0 when every check passes, 1 otherwise
     gradflow figures [--quick] --out DIR
     gradflow bench   [--quick] [--json FILE]
-    gradflow sweep   --grid GRID.toml --out DIR [--scheduler ADDRESS]
+    gradflow sweep   --grid GRID.toml --out DIR [--scheduler ADDRESS] | --example
+    gradflow config  --example
 
-[model] is ``--preset NAME [--P ..] [--mask-ratio ..] ...`` or ``--config FILE.toml``. User errors
-print one line to stderr and exit with status 2.
+[model] is ``--preset NAME [--P ..] [--mask-ratio ..] ...`` or ``--config FILE.toml``. Bad input
+(an ``InvalidInputError``, or an input file that cannot be read) prints one line and exits 2; a
+failure of gradflow itself prints one line and exits 1 (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -19,15 +21,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from ._validate import positive_real
+from .analysis.comparison import compare
+from .analysis.verification import verify
+from .errors import InvalidInputError
+from .flow.phase_times import phases, summarize
+from .flow.solution import Solution
+from .flow.solver import solve
+from .io import check_output_path
+from .model.config import EXAMPLE as CONFIG_EXAMPLE
+from .model.config import load_model
+from .model.presets import PRESETS, global_local, preset, preset_options
+from .training.run import TrainRun
+from .training.sgd import train_transformer
 
-from .compare import compare
-from .config import load_model
-from .montecarlo import TrainRun, train_transformer
-from .observables import phases
-from .presets import PRESETS, global_local, preset_model
-from .solver import Solution, solve, target_fraction
-from .verify import verify
+# preset options the command line offers: flag -> option name
+PRESET_FLAGS = {"--P": "P", "--mask-ratio": "mask_ratio", "--n-local": "n_local", "--local-size": "local_size",
+                "--n-clusters": "n_clusters"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,63 +49,69 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (a preset, or --config)")
-    g.add_argument("--config", type=Path, help="TOML file describing any DataModel")
-    g.add_argument("--preset", default="global_local", help=f"one of {sorted(PRESETS)}")
-    g.add_argument("--P", type=int, default=64, help="number of patches")
-    g.add_argument("--mask-ratio", type=float, default=0.5, help="mask probability gamma")
-    g.add_argument("--n-local", type=int, default=4, help="local areas per cluster (global_local)")
-    g.add_argument("--local-size", type=int, default=4, help="patches per local area (global_local)")
-    g.add_argument("--n-clusters", type=int, default=1)
+    g = p.add_argument_group("model (a preset and its options, or --config)")
+    g.add_argument("--config", type=Path, help="TOML file describing any DataModel (gradflow config --example)")
+    g.add_argument("--preset", default="global_local", help=f"one of {sorted(PRESETS)} (default: %(default)s)")
+    g.add_argument("--P", type=int, help="number of patches (default: 64)")
+    g.add_argument("--mask-ratio", type=float, help="mask probability gamma in (0, 1) (default: 0.5)")
+    g.add_argument("--n-local", type=int, help="global_local: local areas per cluster (default: 4)")
+    g.add_argument("--local-size", type=int, help="global_local: patches per local area (default: 4)")
+    g.add_argument("--n-clusters", type=int, help="clusters, each with its own areas (default: 1)")
 
 
 def _add_flow_options(p: argparse.ArgumentParser, t_max: float) -> None:
-    p.add_argument("--t-max", type=float, default=t_max, help="length of the flow")
-    p.add_argument("--method", default="exact", help="exact or meanfield")
+    p.add_argument("--t-max", type=float, default=t_max, help="length of the flow (default: %(default)g)")
+    p.add_argument("--method", default="exact", help="exact or meanfield (default: %(default)s)")
 
 
 def _model_from(args):
+    given = {opt: getattr(args, opt) for opt in PRESET_FLAGS.values() if getattr(args, opt) is not None}
     if args.config is not None:
+        if given:
+            flags = [f for f, o in PRESET_FLAGS.items() if o in given]
+            raise InvalidInputError(f"{', '.join(flags)} cannot be combined with --config (the file sets the model)")
         return load_model(args.config)
-    kw = {"n_clusters": args.n_clusters}
-    if args.preset == "global_local":
-        kw.update(n_local=args.n_local, local_size=args.local_size)
-    return preset_model(args.preset, args.P, args.mask_ratio, **kw)
+    if args.preset not in PRESETS:
+        raise InvalidInputError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
+    known = preset_options(args.preset)
+    for flag, opt in PRESET_FLAGS.items():
+        if opt in given and opt not in known:
+            raise InvalidInputError(f"{flag} does not apply to preset {args.preset!r}")
+    try:
+        return preset(args.preset, **given)
+    except InvalidInputError as exc:
+        flags = ", ".join(f for f, o in PRESET_FLAGS.items() if o in known)
+        raise InvalidInputError(f"{exc} (flags of preset {args.preset!r}: {flags})") from None
 
 
 def solve_summary(sol) -> str:
-    """What ``python -m gradflow`` prints: phases reached, loss, area attention, wall time."""
-    model = sol.model
-    ph = phases(sol)
-    frac = target_fraction(sol.area_attention[-1], model.ceiling())
-    lines = [f"gradflow: {model!r}",
+    """What ``python -m gradflow`` prints: phases reached, loss, target attention, wall time."""
+    summary = summarize(phases(sol))
+    lines = [f"gradflow: {sol.model!r}",
              f"  method {sol.method}, t_max {sol.t[-1]:g}, status {sol.status}: {sol.message}",
              f"  loss {sol.loss[0]:.6g} -> {sol.loss[-1]:.6g}"]
-    for name, sel in (("local", ph.is_local), ("global", ~ph.is_local)):
-        if sel.any():
-            parts = []
-            for tn in ("T1", "T2", "T3"):
-                T = getattr(ph, tn)[sel]
-                reached = np.isfinite(T)
-                parts.append(f"{tn} {np.median(T[reached]):.4g}" if reached.all()
-                             else f"{tn} reached by {reached.sum()}/{reached.size}")
-            lines.append(f"  phases of {name} queries ({sel.sum()}): " + ", ".join(parts) + " (median)")
-    lines += [f"  area attention / ceiling at t_max: min {np.nanmin(frac):.4f}, mean {np.nanmean(frac):.4f}, "
-              f"max {np.nanmax(frac):.4f}",
+    lines += ["  phases of " + g.line() + " (median)" for g in summary.groups.values()]
+    if sol.method == "meanfield":
+        lines.append("  (mean field: counts replaced by their means, so the target can exceed the exact "
+                     "ceiling 1 - gamma^(C-1))")
+    lines += [f"  target attention / ceiling at t_max: min {summary.min_target_fraction:.4f}, "
+              f"mean {summary.mean_target_fraction:.4f}",
               f"  wall time {sol.wall_time:.2f} s ({sol.nfev} gradient evaluations, "
               f"{sol.reduction.n_classes} classes)"]
     return "\n".join(lines)
 
 
-def _seed_path(out: Path, seed: int, n: int) -> Path:
-    """One file per seed: ``run.nc`` -> ``run_seed0.nc`` when several seeds are trained."""
+def seed_path(out: Path, seed: int) -> Path:
+    """One file per seed: ``run.nc`` -> ``run_seed0.nc``, ``run_seed1.nc``; a ``{seed}`` in the
+    name is filled in instead."""
     if "{seed}" in out.name:
         return out.with_name(out.name.format(seed=seed))
-    return out if n == 1 else out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
+    return out.with_name(f"{out.stem}_seed{seed}{out.suffix}")
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="gradflow", description="Exact gradient-flow dynamics of attention (arXiv 2403.02233).")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
 
     s = sub.add_parser("solve", help="solve a gradient flow, print a summary, optionally save it")
@@ -105,124 +121,166 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train Monte-Carlo transformers by SGD")
     _add_model_options(t)
-    t.add_argument("--steps", type=int, required=True)
-    t.add_argument("--lr", type=float, required=True)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--seeds", type=int, default=1, help="number of seeds (0, 1, ...)")
-    t.add_argument("--record-every", type=int, default=100)
-    t.add_argument("--out", type=Path, required=True, help="NetCDF file (one per seed: _seedN added)")
+    t.add_argument("--steps", type=int, required=True, help="SGD steps per seed")
+    t.add_argument("--lr", type=float, required=True, help="SGD step; record times are t = lr x steps")
+    t.add_argument("--batch-size", type=int, default=256, help="samples per step (default: %(default)s)")
+    t.add_argument("--seeds", type=int, default=1, help="number of seeds 0, 1, ... (default: %(default)s)")
+    t.add_argument("--record-every", type=int, default=100, help="steps between records (default: %(default)s)")
+    t.add_argument("--out", type=Path, required=True, help="NetCDF name; one file per seed, R_seed0.nc, ...")
 
     c = sub.add_parser("compare", help="compare a saved Solution with saved TrainRuns")
-    c.add_argument("solution", type=Path)
-    c.add_argument("runs", type=Path, nargs="+")
-    c.add_argument("--tol", type=float, default=0.05, help="area-attention tolerance for the exit status")
+    c.add_argument("solution", type=Path, help="a Solution file (gradflow solve --out)")
+    c.add_argument("runs", type=Path, nargs="+", help="TrainRun files (gradflow train --out)")
+    c.add_argument("--tol", type=float, default=0.05,
+                   help="largest allowed target-attention error; exit 1 beyond it (default: %(default)s)")
 
     v = sub.add_parser("verify", help="check the paper's claims; exit 1 if a check fails")
     _add_model_options(v)
     _add_flow_options(v, 1e4)
-    v.add_argument("--mc", action="store_true", help="also train Monte-Carlo transformers")
-    v.add_argument("--mc-steps", type=int, default=2000)
-    v.add_argument("--mc-lr", type=float, default=0.05)
-    v.add_argument("--mc-batch-size", type=int, default=256)
-    v.add_argument("--mc-seeds", type=int, default=2)
+    v.add_argument("--mc", action="store_true", help="also train Monte-Carlo transformers and compare")
+    v.add_argument("--mc-steps", type=int, default=2000, help="SGD steps per seed (default: %(default)s)")
+    v.add_argument("--mc-lr", type=float, default=0.05, help="SGD step (default: %(default)s)")
+    v.add_argument("--mc-batch-size", type=int, default=256, help="samples per step (default: %(default)s)")
+    v.add_argument("--mc-seeds", type=int, default=2, help="number of seeds (default: %(default)s)")
 
     w = sub.add_parser("sweep", help="solve a grid of models as Dask tasks, gather one NetCDF")
-    w.add_argument("--grid", type=Path, required=True, help="TOML: preset, t_max, [fixed], [grid], [mc]")
-    w.add_argument("--out", type=Path, required=True, help="directory (reruns skip finished points)")
+    w.add_argument("--grid", type=Path, help="TOML: preset, t_max, [fixed], [grid], [mc] (see --example)")
+    w.add_argument("--out", type=Path, help="directory (reruns skip finished points)")
     w.add_argument("--scheduler", help="address of a running dask scheduler (default: a LocalCluster)")
+    w.add_argument("--example", action="store_true", help="print a commented grid file and exit")
+
+    g = sub.add_parser("config", help="model files: print a commented example")
+    g.add_argument("--example", action="store_true", help="print a commented model file that works as it is")
 
     b = sub.add_parser("bench", help="benchmarks against brute force, NumPy and Monte Carlo")
     b.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     b.add_argument("--json", type=Path, help="also write the results as JSON")
 
     f = sub.add_parser("figures", help="make the six figures (PNG and PDF)")
-    f.add_argument("--out", type=Path, default=Path("figures"))
+    f.add_argument("--out", type=Path, default=Path("figures"), help="directory (default: %(default)s)")
     f.add_argument("--quick", action="store_true", help="small versions, under a minute")
     return ap
 
 
-def _check_out(path) -> None:
-    """Refuse an output file we could not write, before any work is done."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ValueError(f"--out {str(path)!r} is a directory, not a file")
-    if not path.parent.exists():
-        raise ValueError(f"output directory {str(path.parent)!r} does not exist")
-
-
-def _run(args) -> int:
-    if args.command is None:
-        sol = solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)
-        print(solve_summary(sol))
-        return 0
-    if args.command in ("solve", "train"):
-        _check_out(args.out)
-    if args.command == "solve":
-        sol = solve(_model_from(args), args.t_max, method=args.method)
-        print(solve_summary(sol))
-        if args.out is not None:
-            sol.save(args.out)
-            print(f"  saved {args.out}")
-        return 0
-    if args.command == "train":
-        model = _model_from(args)
-        if args.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {args.seeds}")
-        for seed in range(args.seeds):
-            run = train_transformer(model, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                    seed=seed, record_every=args.record_every)
-            path = _seed_path(args.out, seed, args.seeds)
-            run.save(path)
-            print(f"seed {seed}: t = {run.t[-1]:g}, final batch loss {run.loss[-1]:.6g}, "
-                  f"{run.steps / run.wall_time:.0f} steps/s, saved {path}")
-        return 0
-    if args.command == "compare":
-        comparison = compare(Solution.load(args.solution), [TrainRun.load(p) for p in args.runs])
-        print(comparison.table())
-        return 0 if comparison.ok(args.tol) else 1
-    if args.command == "verify":
-        model = _model_from(args)
-        mc = None
-        if args.mc:
-            mc = dict(steps=args.mc_steps, lr=args.mc_lr, batch_size=args.mc_batch_size,
-                      seeds=args.mc_seeds, record_every=max(1, args.mc_steps // 20))
-        report = verify(model, t_max=args.t_max, method=args.method, mc=mc)
-        print(f"gradflow verify: {model!r}")
-        print(report.table())
-        return 0 if report.passed else 1
-    if args.command == "sweep":
-        from .sweep import sweep_from_file
-        ds = sweep_from_file(args.grid, args.out, scheduler=args.scheduler)
-        failed = int((ds["error"].values != "").sum())
-        print(f"{ds.attrs['points']} points ({ds.attrs['computed']} computed now, {failed} failed): "
-              f"{args.out / 'sweep.nc'}")
-        return 0
-    if args.command == "bench":
-        from .bench import main as bench_main
-        bench_main(quick=args.quick, json_path=args.json)
-        return 0
-    if args.command == "figures":
-        from .figures import make_figures
-        start = time.perf_counter()
-        results = make_figures(args.out, quick=args.quick)
-        for res in results.values():
-            print("  " + ", ".join(str(p) for p in res.paths))
-        print(f"{len(results)} figures in {time.perf_counter() - start:.1f} s")
-        return 0
+# ---- the commands -------------------------------------------------------------------------------
+def cmd_default(args) -> int:
+    print(solve_summary(solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)))
     return 0
+
+
+def cmd_solve(args) -> int:
+    if args.out is not None:
+        check_output_path(args.out, "--out")
+    sol = solve(_model_from(args), args.t_max, method=args.method)
+    print(solve_summary(sol))
+    if args.out is not None:
+        sol.save(args.out)
+        print(f"  saved {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    model = _model_from(args)
+    if args.seeds < 1:
+        raise InvalidInputError(f"--seeds must be >= 1, got {args.seeds}")
+    paths = [seed_path(args.out, seed) for seed in range(args.seeds)]
+    for path in paths:
+        check_output_path(path, "--out")
+    status = 0
+    for seed, path in enumerate(paths):
+        run = train_transformer(model, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                seed=seed, record_every=args.record_every)
+        run.save(path)
+        print(f"seed {seed}: t = {run.t[-1]:g}, final batch loss {run.loss[-1]:.6g}, "
+              f"{run.step[-1] / run.wall_time:.0f} steps/s, saved {path}")
+        if run.status < 0:
+            print(f"seed {seed}: {run.message}")
+            status = 1
+    return status
+
+
+def cmd_compare(args) -> int:
+    positive_real("--tol", args.tol)
+    comparison = compare(Solution.load(args.solution), [TrainRun.load(p) for p in args.runs])
+    print(comparison.table())
+    ok = comparison.ok(args.tol)
+    err = comparison["target_attention"].max_abs_error
+    print(f"{'PASS' if ok else 'FAIL'}: largest target-attention error {err:.4f} "
+          f"{'<=' if ok else '>'} --tol {args.tol:g}")
+    return 0 if ok else 1
+
+
+def cmd_verify(args) -> int:
+    model = _model_from(args)
+    mc = None
+    if args.mc:
+        mc = dict(steps=args.mc_steps, lr=args.mc_lr, batch_size=args.mc_batch_size,
+                  seeds=args.mc_seeds, record_every=max(1, args.mc_steps // 20))
+    report = verify(model, t_max=args.t_max, method=args.method, mc=mc)
+    print(f"gradflow verify: {model!r}")
+    print(report.table())
+    return 0 if report.passed else 1
+
+
+def cmd_sweep(args) -> int:
+    from .analysis.sweeps import EXAMPLE, sweep_from_file
+    if args.example:
+        print(EXAMPLE, end="")
+        return 0
+    if args.grid is None or args.out is None:
+        raise InvalidInputError("gradflow sweep needs --grid FILE and --out DIR (or --example)")
+    ds = sweep_from_file(args.grid, args.out, scheduler=args.scheduler)
+    failed = int(ds.attrs["failed"])
+    print(f"{ds.attrs['points']} points ({ds.attrs['computed']} computed now, {failed} failed): "
+          f"{args.out / 'sweep.nc'}")
+    return 1 if failed else 0
+
+
+def cmd_config(args) -> int:
+    if not args.example:
+        raise InvalidInputError("gradflow config: give --example to print a model file")
+    print(CONFIG_EXAMPLE, end="")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .analysis.bench import main as bench_main
+    bench_main(quick=args.quick, json_path=args.json)
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from .figures import make_figures
+    start = time.perf_counter()
+    results = make_figures(args.out, quick=args.quick)
+    for res in results.values():
+        print("  " + ", ".join(str(p) for p in res.paths))
+    print(f"{len(results)} figures in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+COMMANDS = {None: cmd_default, "solve": cmd_solve, "train": cmd_train, "compare": cmd_compare,
+            "verify": cmd_verify, "sweep": cmd_sweep, "config": cmd_config, "bench": cmd_bench,
+            "figures": cmd_figures}
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
-    except (ValueError, OSError) as exc:     # bad input, or a file we cannot read or write
+        return COMMANDS[args.command](args)
+    except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        # bad input, or an input file we cannot read
         print(f"gradflow: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradflow: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:            # a failure of gradflow itself, not of the input
+        if args.debug:
+            raise
+        print(f"gradflow: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

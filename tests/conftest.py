@@ -19,6 +19,15 @@ def load_source(relative: str):
 from gradflow import Amplitude, Cluster, DataModel  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def paper_solution():
+    """The paper's preset (global_local, P = 64, four local areas of 4, gamma = 0.5) to t = 1e4."""
+    from gradflow.presets import global_local
+
+    from gradflow import solve
+    return solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 1e4)
+
+
 @pytest.fixture
 def two_cluster_model():
     """P = 7, two clusters of different area structure, discrete amplitudes in both."""

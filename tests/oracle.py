@@ -1,6 +1,6 @@
 """Brute-force references for the tests: enumerate every mask and every amplitude atom.
 
-This is deliberately written from MODEL.md section 2 alone (tokens, softmax, reconstruction),
+This is deliberately written from docs/model.md section 2 alone (tokens, softmax, reconstruction),
 sharing no code with the library's kernels beyond the DataModel.
 """
 from __future__ import annotations
@@ -70,11 +70,21 @@ def meanfield_loss(model, A, B):
     return total
 
 
-def brute_force_loss_mp(model, A, B, dps=50):
+def brute_force_loss_mp(model, A, B, dps=50, direction=None, eps=0):
     """The brute-force loss in mpmath at ``dps`` digits: a reference for extreme states where
-    float64 softmax itself loses digits."""
+    float64 softmax itself loses digits. With ``direction`` (dA, dB) the state is moved by
+    ``eps`` (an mpmath number) along it, in mpmath: for directional derivatives."""
     import mpmath as mp
     mp.mp.dps = dps
+    if direction is not None:
+        dA, dB = direction
+        A = [[mp.mpf(float(A[p, f])) + eps * mp.mpf(float(dA[p, f])) for f in range(A.shape[1])]
+             for p in range(A.shape[0])]
+        B = [[mp.mpf(float(B[p, q])) + eps * mp.mpf(float(dB[p, q])) for q in range(B.shape[1])]
+             for p in range(B.shape[0])]
+    else:
+        A = [[mp.mpf(float(x)) for x in row] for row in np.asarray(A)]
+        B = [[mp.mpf(float(x)) for x in row] for row in np.asarray(B)]
     P, gamma = model.n_patches, mp.mpf(model.mask_ratio)
     total = mp.mpf(0)
     for k, cl in enumerate(model.clusters):
@@ -89,8 +99,7 @@ def brute_force_loss_mp(model, A, B, dps=50):
                 for p in range(P):
                     if not mask[p]:
                         continue
-                    scores = [mp.mpf(float(B[p, q])) + (0 if mask[q] else zpos[q] * mp.mpf(float(A[p, fidx[q]])))
-                              for q in range(P)]
+                    scores = [B[p][q] + (0 if mask[q] else zpos[q] * A[p][fidx[q]]) for q in range(P)]
                     top = max(scores)
                     e = [mp.exp(s - top) for s in scores]
                     tot = sum(e)

@@ -1,21 +1,21 @@
-"""The readable NumPy references the benchmarks compare against, and the bench command."""
+"""The benchmarks' references and their own arithmetic (speed itself is never asserted)."""
 import json
+import re
 
 import numpy as np
-from conftest import load_source, random_state
+import pytest
+from conftest import random_state
 from oracle import brute_force_loss
 
-from gradflow import population_grad, population_loss
-
-
-def _refs():
-    return load_source("benchmarks/references.py")
+from gradflow import Cluster, DataModel, population_grad, population_loss
+from gradflow.analysis import bench, references
+from gradflow.theory.reduction import position_reduction
+from gradflow.theory.state import State
 
 
 def test_numpy_closed_form_agrees_with_kernels(two_cluster_model):
-    refs = _refs()
     A, B = random_state(two_cluster_model, np.random.default_rng(11), 1.5)
-    loss, dA, dB = refs.numpy_loss_and_grad(two_cluster_model, A, B)
+    loss, dA, dB = references.numpy_loss_and_grad(two_cluster_model, A, B)
     gA, gB = population_grad(two_cluster_model, A, B)
     assert abs(loss / population_loss(two_cluster_model, A, B) - 1) < 1e-13
     np.testing.assert_allclose(dA, gA, atol=1e-14)
@@ -24,16 +24,42 @@ def test_numpy_closed_form_agrees_with_kernels(two_cluster_model):
 
 def test_vectorised_brute_force_agrees_with_oracle(two_cluster_model):
     A, B = random_state(two_cluster_model, np.random.default_rng(12))
-    assert abs(_refs().brute_force_loss(two_cluster_model, A, B) / brute_force_loss(two_cluster_model, A, B) - 1) < 1e-12
+    assert abs(references.brute_force_loss(two_cluster_model, A, B)
+               / brute_force_loss(two_cluster_model, A, B) - 1) < 1e-12
 
 
-def test_bench_quick_writes_json(tmp_path):
-    from gradflow.cli import main
+def test_factor_count_matches_an_independent_count():
+    """The throughput row divides by the number of key-factor evaluations of one gradient: count
+    them again from the NumPy reference's own grid (nodes x keys x atoms per query)."""
+    m = DataModel(n_patches=9, mask_ratio=0.3, clusters=[Cluster(np.arange(9) % 3), Cluster(np.arange(9) // 5)])
+    rng = np.random.default_rng(3)
+    A, B = random_state(m, rng, 2.0)
+    st = State.from_positions(m, A, B)
+    expected = 0
+    for k, cl in enumerate(m.clusters):
+        fidx = np.array([m.feature_index(k, j) for j in cl.areas])
+        for p in range(9):
+            keys = np.arange(9) != p
+            la, lb = B[p, keys] + A[p, fidx[keys]], B[p, keys]
+            lo = np.logaddexp.reduce(np.r_[B[p, p], np.minimum(la, lb)])
+            hi = np.logaddexp.reduce(np.r_[B[p, p], np.maximum(la, lb)])
+            expected += references._nodes(lo, hi)[0].size * keys.sum()
+    assert bench._count_factor_evals(position_reduction(m), st.A_classes, st.B_classes, st.B_self) == expected
+
+
+@pytest.mark.slow
+def test_bench_quick_report_is_consistent(tmp_path):
+    """The JSON holds exactly the rows printed, and every ratio row equals the ratio of the
+    times it reports."""
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    names = [r["name"] for r in rows]
-    assert any("brute-force loss / exact gradient" in n for n in names)
-    assert any("NumPy closed form / Numba kernels" in n for n in names)
-    assert any("Monte Carlo CPU / solve() CPU" in n for n in names)
-    assert all(np.isfinite(r["value"]) and r["value"] > 0 for r in rows)
+    rows = bench.main(quick=True, json_path=out)
+    assert json.loads(out.read_text())["rows"] == rows
+    by_name = {r["name"]: r for r in rows}
+    for P in (8, 10, 12):
+        grad_ms = by_name[f"P={P} exact gradient (2 clusters, per position)"]["value"]
+        ratio = by_name[f"P={P} brute-force loss / exact gradient"]
+        brute_ms = float(re.search(r"brute force (\d+) ms", ratio["note"]).group(1))
+        assert ratio["value"] * grad_ms == pytest.approx(brute_ms, abs=0.5 + 1e-3 * brute_ms)
+    mc = next(r for r in rows if "Monte Carlo CPU / solve() CPU" in r["name"])
+    err = float(re.search(r"err (\d\.\d+)", mc["note"]).group(1))
+    assert err <= 0.05

@@ -37,7 +37,7 @@ def test_solve_train_compare_workflow(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "s.nc"), str(tmp_path / "r_seed0.nc"),
                  str(tmp_path / "r_seed1.nc")]) == 0
-    assert "area_attention" in capsys.readouterr().out
+    assert "target_attention" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -50,6 +50,11 @@ def test_solve_train_compare_workflow(tmp_path, capsys):
     (["train", "--steps", "0", "--lr", "0.1", "--out", "x.nc"], "steps"),
     (["compare", "missing.nc", "other.nc"], "missing.nc"),
     (["verify", "--n-local", "99"], "n_local"),
+    (["solve", "--preset", "balanced", "--n-local", "3"], "--n-local does not apply to preset 'balanced'"),
+    (["solve", "--P", "16", "--n-local", "4"], "--n-local"),     # the message names the flags to set
+    (["solve", "--config", "m.toml", "--P", "16"], "cannot be combined with --config"),
+    (["compare", "missing.nc", "other.nc", "--tol", "nan"], "--tol"),      # bad input: 2, not a failed comparison
+    (["config"], "--example"),
     (["solve", "--out", "."], "directory"),
     (["solve", "--out", "/nonexistent/dir/x.nc"], "does not exist"),
 ])
@@ -84,3 +89,37 @@ def test_bad_config_files_exit_2(tmp_path, capsys, body, needle):
     assert main(["solve", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and needle in err
+
+
+def test_one_seed_is_named_like_many(tmp_path):
+    assert main(["train", "--P", "16", "--n-local", "2", "--steps", "20", "--lr", "0.1", "--batch-size", "8",
+                 "--record-every", "10", "--out", str(tmp_path / "R.nc")]) == 0
+    assert (tmp_path / "R_seed0.nc").is_file() and not (tmp_path / "R.nc").exists()
+
+
+def test_internal_failures_exit_1_and_debug_shows_them(monkeypatch, capsys):
+    import gradflow.cli as cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+    monkeypatch.setattr(cli, "solve", broken)
+    assert main(["solve", "--t-max", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "internal error" in err and "kernel exploded" in err and "--debug" in err and "\n" not in err
+    with pytest.raises(RuntimeError, match="kernel exploded"):
+        main(["--debug", "solve", "--t-max", "1"])
+
+
+def test_examples_printed_work_as_they_are(tmp_path, capsys):
+    import tomllib
+
+    from gradflow.model.config import model_from_dict
+    assert main(["config", "--example"]) == 0
+    model = model_from_dict(tomllib.loads(capsys.readouterr().out))
+    assert model.n_clusters == 2 and model.grid == (4, 4)
+    assert model.clusters[1].amplitudes[1].values.tolist() == [0.5, 2.0]
+    assert main(["sweep", "--example"]) == 0
+    grid = tmp_path / "grid.toml"
+    grid.write_text(capsys.readouterr().out)
+    from gradflow.analysis.sweeps import read_sweep_file
+    assert read_sweep_file(grid)["grid"]["mask_ratio"] == [0.3, 0.5]

@@ -14,13 +14,25 @@ def quick(tmp_path_factory):
     return out, make_figures(out, quick=True)
 
 
-def test_all_six_files_exist_and_are_not_trivial(quick):
+def test_files_are_the_drawn_figures(quick):
+    """Each PNG decodes to the figure's size at the style's dpi and is not blank; each PDF's page
+    is the figure's size in points."""
+    import re
+
+    from matplotlib.image import imread
+
+    from gradflow.figures.style import STYLE
     out, results = quick
-    for name in NAMES:
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            assert path.is_file() and path.stat().st_size > 10_000, path
-    assert len(results) == 6
+    assert sorted(results) == sorted(f"fig_{n.split('_', 1)[1]}" for n in NAMES)
+    for name, res in zip(NAMES, results.values()):
+        png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+        assert res.paths == [png, pdf]
+        w, h = res.size
+        pixels = imread(png)
+        assert pixels.shape[:2] == (round(h * STYLE["savefig.dpi"]), round(w * STYLE["savefig.dpi"])), name
+        assert np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0).shape[0] > 50, name   # drawn on
+        box = re.search(rb"/MediaBox \[\s*0 0 ([\d.]+) ([\d.]+)\s*\]", pdf.read_bytes())
+        assert box and (float(box.group(1)), float(box.group(2))) == pytest.approx((72 * w, 72 * h), abs=0.5)
 
 
 def test_figure_data(quick):

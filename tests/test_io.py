@@ -1,11 +1,11 @@
 """Saved results: NetCDF round trips, atomic writes, clear errors on bad files."""
 import numpy as np
 import pytest
+from gradflow.presets import global_local
 
 import gradflow
 from gradflow import Amplitude, Cluster, DataModel, Solution, TrainRun
-from gradflow._atomic import atomic_path
-from gradflow.presets import global_local
+from gradflow.io import atomic_path
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +20,20 @@ def test_solution_round_trip(tmp_path, model):
     path = tmp_path / "sol.nc"
     sol.save(path)
     back = Solution.load(path)
-    for name in ("t", "A", "B", "A_classes", "B_classes", "B_self", "loss", "area_attention"):
+    for name in ("t", "A", "B", "A_classes", "B_classes", "B_self", "loss", "target_attention"):
         np.testing.assert_array_equal(getattr(back, name), getattr(sol, name))
     assert back.model.to_dict() == model.to_dict() and back.method == sol.method
     assert (back.status, back.message, back.nfev) == (sol.status, sol.message, sol.nfev)
     # a loaded file interpolates between stored times (Hermite with the flow's velocities)
     np.testing.assert_allclose(back.at(sol.t[70]).A, sol.A[70], atol=1e-12)
     np.testing.assert_allclose(back.at(3.3).A, sol.at(3.3).A, atol=1e-4)
+    # one schema at every P: the class-reduced state and the class map; positions on request
     ds = sol.to_xarray()
-    assert set(ds["A"].dims) == {"time", "query", "feature"} and set(ds["B"].dims) == {"time", "query", "key"}
-    assert ds["area_attention"].dims == ("time", "cluster", "query")
+    assert "A" not in ds and ds["class_of"].dims == ("query",)
+    full = sol.to_xarray(per_position=True)
+    assert set(full["A"].dims) == {"time", "query", "feature"} and set(full["B"].dims) == {"time", "query", "key"}
+    assert full["target_attention"].dims == ("time", "cluster", "query")
+    np.testing.assert_array_equal(full["B"].values, sol.B)
 
 
 def test_per_position_solution_round_trip(tmp_path, model):
@@ -46,7 +50,7 @@ def test_trainrun_round_trip(tmp_path, model):
     run = gradflow.train_transformer(model, steps=30, lr=0.1, batch_size=8, record_every=10, seed=4)
     run.save(tmp_path / "run.nc")
     back = TrainRun.load(tmp_path / "run.nc")
-    for name in ("t", "step", "A", "B", "area_attention", "Q", "E", "V"):
+    for name in ("t", "step", "A", "B", "target_attention", "Q", "E", "V"):
         np.testing.assert_array_equal(getattr(back, name), getattr(run, name))
     np.testing.assert_array_equal(back.loss, run.loss)           # NaN at step 0 survives
     assert (back.seed, back.steps, back.lr, back.batch_size, back.d) == (4, 30, 0.1, 8, run.d)
@@ -93,3 +97,71 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         sol.save(tmp_path / "s.nc")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_keeps_what_is_around_the_target(tmp_path, model):
+    """A symlink is written through and kept, a file's mode is kept, non-regular files and files
+    with other hard links are refused before any work."""
+    import os
+    import stat
+    sol = gradflow.solve(model, 5.0, t_eval=[0.0, 5.0])
+    real = tmp_path / "real.nc"
+    real.write_text("old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.nc"
+    link.symlink_to(real)
+    sol.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600
+    np.testing.assert_array_equal(Solution.load(real).A_classes, sol.A_classes)
+    fifo = tmp_path / "fifo.nc"
+    os.mkfifo(fifo)
+    with pytest.raises(gradflow.OutputPathError, match="not a regular file"):
+        sol.save(fifo)
+    os.link(real, tmp_path / "other_name.nc")
+    with pytest.raises(gradflow.OutputPathError, match="hard links"):
+        sol.save(real)
+    with pytest.raises(gradflow.OutputPathError, match="is a directory"):
+        sol.save(tmp_path)
+
+
+def test_read_only_directory_is_refused_before_work(tmp_path):
+    import os
+
+    from gradflow.cli import main
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        assert main(["solve", "--out", str(ro / "s.nc")]) == 2
+    finally:
+        os.chmod(ro, 0o700)
+
+
+def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path, model):
+    import subprocess
+    import sys
+    sol = gradflow.solve(model, 5.0, t_eval=[0.0, 5.0])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".s.nc.gradflow-{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"\0" * 1000)                     # what a kill -9 during a save leaves
+    unrelated = tmp_path / ".s.nc.user-notes.tmp"
+    unrelated.write_text("keep me")
+    sol.save(tmp_path / "s.nc")
+    assert not stale.exists() and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.nc.user-notes.tmp", "s.nc"]
+
+
+def test_missing_pieces_of_a_file_are_named(tmp_path, model):
+    sol = gradflow.solve(model, 5.0, t_eval=[0.0, 5.0])
+    ds = sol.to_xarray()
+    del ds.attrs["model"]
+    ds.to_netcdf(tmp_path / "no_model.nc")
+    with pytest.raises(gradflow.FileFormatError, match=r"no_model.nc.*lacks attribute 'model'"):
+        Solution.load(tmp_path / "no_model.nc")
+    ds = sol.to_xarray().drop_vars("B_self")
+    ds.to_netcdf(tmp_path / "no_state.nc")
+    with pytest.raises(gradflow.FileFormatError, match=r"no_state.nc.*lacks variable 'B_self'"):
+        Solution.load(tmp_path / "no_state.nc")

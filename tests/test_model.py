@@ -78,3 +78,28 @@ def test_roundtrip_through_dict():
                                          Cluster([0, 0, 0, 0])], mask_ratio=0.2)
     m2 = DataModel.from_dict(m.to_dict())
     assert m2.to_dict() == m.to_dict()
+
+
+def test_models_equal_by_specification():
+    def build(gamma):
+        return DataModel(grid=(2, 2), clusters=[Cluster([[0, 1], [1, 1]], amplitudes=Amplitude.uniform(0.5, 1.5, 3))],
+                         mask_ratio=gamma)
+    a, b, c = build(0.5), build(0.5), build(0.4)
+    assert a == b and hash(a) == hash(b) and a.fingerprint() == b.fingerprint()
+    assert a != c and a.fingerprint() != c.fingerprint()
+    assert DataModel.from_dict(a.to_dict()) == a
+    assert len(a.fingerprint()) == 64 and a.fingerprint() == build(0.5).fingerprint()
+
+
+def test_errors_are_the_library_s_own_value_errors():
+    import gradflow
+    with pytest.raises(gradflow.InvalidInputError):
+        DataModel(n_patches=2, clusters=[Cluster([0, 1])], mask_ratio="0.5")   # a string is not coerced
+    assert issubclass(gradflow.InvalidInputError, ValueError)
+    assert issubclass(gradflow.ConfigError, gradflow.InvalidInputError)
+    with pytest.raises(gradflow.InvalidInputError, match="continuous"):
+        Amplitude([1.0, 2.0], continuous=(-1.0, 2.0))          # bounds of a continuous law are checked
+    with pytest.raises(gradflow.InvalidInputError, match="n_atoms"):
+        Amplitude.uniform(1, 2, 1e6)                              # a float count is refused
+    with pytest.raises(gradflow.InvalidInputError, match="at most"):
+        Amplitude.uniform(1, 2, 100_000)                          # too many atoms to fit in memory

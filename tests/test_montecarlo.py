@@ -3,11 +3,12 @@ and checkpoint/resume."""
 import numpy as np
 import pytest
 from conftest import random_state
+from gradflow.presets import global_local
 
 import gradflow
 from gradflow import compare, population_grad, population_loss, train_transformer
-from gradflow.montecarlo import BatchSampler, batch_loss_grad, make_embeddings
-from gradflow.presets import global_local
+from gradflow.training.sampling import BatchSampler
+from gradflow.training.transformer import batch_loss_grad, make_embeddings
 
 
 @pytest.mark.parametrize("kind, extra_d", [("orthonormal", 0), ("orthonormal", 5), ("gaussian", 3)])
@@ -77,14 +78,14 @@ def _rms_error(sol, lr, seeds):
     runs = [train_transformer(sol.model, steps=int(round(30 / lr)), lr=lr, batch_size=256,
                               record_every=int(round(1 / lr)), seed=s) for s in seeds]
     c = compare(sol, runs)
-    return c, float(np.sqrt(np.mean(c["area_attention"].abs_error ** 2)))
+    return c, float(np.sqrt(np.mean(c["target_attention"].abs_error ** 2)))
 
 
 def test_training_follows_the_flow_and_converges_as_lr_shrinks(small_flow):
     _, sol = small_flow
     c1, rms1 = _rms_error(sol, 0.01, seeds=range(4))
-    assert c1.ok(0.05) and c1["area_attention"].max_abs_error < 0.05
-    assert np.ptp(c1["area_attention"].flow) > 0.1          # the attention did move a lot
+    assert c1.ok(0.05) and c1["target_attention"].max_abs_error < 0.05
+    assert np.ptp(c1["target_attention"].flow) > 0.1          # the attention did move a lot
     _, rms2 = _rms_error(sol, 0.005, seeds=range(4))
     assert rms2 < rms1
 
@@ -96,11 +97,11 @@ def test_checkpoint_resume_is_identical(tmp_path, small_flow, monkeypatch):
     ck = tmp_path / "run.npz"
     train_transformer(model, steps=250, checkpoint=ck, **kw)      # stops off the record grid
     resumed = train_transformer(model, steps=450, checkpoint=ck, resume=ck, **kw)
-    for name in ("t", "step", "A", "B", "loss", "area_attention", "Q"):
+    for name in ("t", "step", "A", "B", "loss", "target_attention", "Q"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name))
 
     # an interruption (Ctrl-C) mid-run leaves the last record's checkpoint, which resumes exactly
-    import gradflow.montecarlo as mc
+    import gradflow.training.sgd as mc
     calls = {"n": 0}
     real = mc.batch_loss_grad
 
@@ -140,7 +141,7 @@ def test_reproducible_and_seed_dependent(small_flow):
     np.testing.assert_array_equal(a.Q, b.Q)
     assert not np.array_equal(a.Q, c.Q)
     assert a.t.tolist() == [0.0, 1.25, 2.5] and a.A.shape == (3, 16, 3) and a.B.shape == (3, 16, 16)
-    assert a.area_attention.shape == (3, 1, 16) and np.isnan(a.loss[0])
+    assert a.target_attention.shape == (3, 1, 16) and np.isnan(a.loss[0])
 
 
 @pytest.mark.parametrize("kw, field", [

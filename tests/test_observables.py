@@ -2,17 +2,19 @@ import itertools
 
 import numpy as np
 import pytest
+from gradflow.presets import global_local
 
 import gradflow
-from gradflow import Amplitude, Cluster, DataModel
-from gradflow.observables import _crossing, area_oracle_loss, attention_diversity, local_mask, phases
-from gradflow.presets import global_local
-from gradflow.scaling import fit_power_law, phase_scaling
-
-
-@pytest.fixture(scope="module")
-def paper_solution():
-    return gradflow.solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 1e4)
+from gradflow import (
+    Amplitude,
+    Cluster,
+    DataModel,
+    area_oracle_loss,
+    attention_diversity,
+    phases,
+)
+from gradflow.analysis.scaling import fit_power_law, phase_scaling
+from gradflow.flow.phase_times import crossing_time, local_mask
 
 
 def test_area_oracle_loss_by_enumeration():
@@ -37,10 +39,10 @@ def test_area_oracle_loss_by_enumeration():
 def test_crossing_interpolates():
     t = np.array([0.0, 1.0, 2.0, 4.0])
     y = np.array([0.0, 0.2, 0.6, 1.0])
-    assert _crossing(t, y, 0.4, above=True) == pytest.approx(1.5)
-    assert _crossing(t, y, 0.8, above=True) == pytest.approx(3.0)
-    assert np.isnan(_crossing(t, y, 1.5, above=True))
-    assert _crossing(t, 1 - y, 0.5, above=False) == pytest.approx(1.75)
+    assert crossing_time(t, y, 0.4, above=True) == pytest.approx(1.5)
+    assert crossing_time(t, y, 0.8, above=True) == pytest.approx(3.0)
+    assert np.isnan(crossing_time(t, y, 1.5, above=True))
+    assert crossing_time(t, 1 - y, 0.5, above=False) == pytest.approx(1.75)
 
 
 def test_phases_on_the_paper_preset(paper_solution):
@@ -56,14 +58,19 @@ def test_phases_on_the_paper_preset(paper_solution):
     i = np.searchsorted(paper_solution.t, ph.T2[0, p])
     assert tr[i - 1] < 0.5 * ph.ceiling[0, p] <= tr[i]
     assert ph.distractor[0, 0, p] > ph.target[0, 0, p]          # positive information gap at t = 0
-    assert "T1" in ph.summary() and ph.summary().count("yes") == 4
+    table = ph.table()
+    assert "T1" in table and table.count("yes") == 4            # four local classes
+    summary = ph.summary()
+    assert summary.primary == "local"
+    assert summary.time("T2") == pytest.approx(np.median(ph.T2[loc]), rel=1e-12)
+    assert summary.groups["local"].reached["T3"] == (16, 16)
 
 
 def test_diversity_against_pairwise_maps(paper_solution):
     d = attention_diversity(paper_solution)
     assert abs(d[0]) < 1e-12                                     # Q = 0: everyone attends alike
     for i in (40, len(paper_solution.t) - 1):
-        W = paper_solution.attention(i)
+        W = paper_solution.attention_map(i)
         P = W.shape[0]
         ov = sum(np.minimum(W[p], W[q]).sum() for p in range(P) for q in range(P) if p != q)
         assert d[i] == pytest.approx(1 - ov / (P * (P - 1)), abs=1e-12)
@@ -105,7 +112,7 @@ def test_phase_scaling_global_local():
 
 def test_T1_is_measured_from_t0_even_when_outputs_start_later():
     from gradflow.presets import balanced
-    m = balanced((6, 6), (3, 3), 0.5, n_clusters=2)
+    m = balanced(grid=(6, 6), area_shape=(3, 3), mask_ratio=0.5, n_clusters=2)
     te = np.linspace(5.0, 200.0, 200)
     with_zero = phases(gradflow.solve(m, 200.0, t_eval=np.r_[0.0, te]))
     without = phases(gradflow.solve(m, 200.0, t_eval=te))

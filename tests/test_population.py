@@ -5,7 +5,14 @@ import pytest
 from conftest import random_state
 from oracle import brute_force_loss, meanfield_loss
 
-from gradflow import Amplitude, Cluster, DataModel, expected_attention, population_grad, population_loss
+from gradflow import (
+    Amplitude,
+    Cluster,
+    DataModel,
+    expected_attention,
+    population_grad,
+    population_loss,
+)
 
 
 def _fd_grad(model, A, B, method, eps=1e-5):
@@ -69,16 +76,16 @@ def test_meanfield_equals_its_definition(amps):
 
 
 def test_meanfield_closed_form_matches_integral_path(monkeypatch):
-    from gradflow import population
-    from gradflow.reduction import position_reduction
+    from gradflow.theory.population import loss_and_gradient
+    from gradflow.theory.state import State
     m = DataModel(n_patches=6, clusters=[Cluster([0, 0, 1, 1, 2, 2])], mask_ratio=0.45)
     A, B = random_state(m, np.random.default_rng(5))
-    red = position_reduction(m)
-    closed = population.evaluate(red, "meanfield", A, B, np.diag(B).copy())
-    from dataclasses import replace
-    integral = population.evaluate(replace(red, all_point=False), "meanfield", A, B, np.diag(B).copy())
-    for a, b in zip(closed, integral):
-        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+    closed = State.from_positions(m, A, B)
+    assert closed.reduction.all_point
+    integral = State(closed.reduction._replace(all_point=False), closed.A_classes, closed.B_classes, closed.B_self)
+    (l1, g1), (l2, g2) = loss_and_gradient(closed, "meanfield"), loss_and_gradient(integral, "meanfield")
+    assert l1 == pytest.approx(l2, rel=1e-11)
+    np.testing.assert_allclose(g1.flat(), g2.flat(), rtol=1e-11, atol=1e-14)
 
 
 def test_expected_attention_equals_brute_force(two_cluster_model):

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from gradflow.presets import balanced, global_local, square_grid
 
 
@@ -29,11 +28,30 @@ def test_square_grid():
 
 
 def test_balanced_tilings():
-    m = balanced((8, 8), (4, 4), 0.5, n_clusters=1)
+    m = balanced(grid=(8, 8), area_shape=(4, 4), mask_ratio=0.5, n_clusters=1)
     assert m.n_classes == 4 and np.all(m.clusters[0].area_sizes() == 16)
-    m2 = balanced((8, 8), (4, 4), 0.5, n_clusters=2)
+    m2 = balanced(grid=(8, 8), area_shape=(4, 4), mask_ratio=0.5, n_clusters=2)
     assert np.all(m2.clusters[1].area_sizes() == 16)
     assert m2.n_classes == 16           # each area cut into four by the shifted tiling
-    assert balanced((16, 16), (8, 8), 0.5, n_clusters=2).n_classes == 16
+    assert balanced(grid=(16, 16), area_shape=(8, 8), mask_ratio=0.5, n_clusters=2).n_classes == 16
     with pytest.raises(ValueError, match="area_shape"):
-        balanced((8, 8), (3, 4), 0.5)
+        balanced(grid=(8, 8), area_shape=(3, 4), mask_ratio=0.5)
+
+
+def test_one_registry_one_calling_convention():
+    from gradflow.presets import PRESETS, preset
+    assert set(PRESETS) >= {"global_local", "balanced"}
+    for name in PRESETS:
+        m = preset(name, P=16, mask_ratio=0.4)
+        assert m.n_patches == 16 and m.mask_ratio == 0.4
+    assert preset("balanced", P=16).grid == (4, 4) and preset("balanced", P=16).n_features == 4
+    assert preset("global_local", P=64, n_local=2) == global_local(64, n_local=2)
+    # an option the preset does not have is refused, naming the nearest one
+    with pytest.raises(ValueError, match=r"no option 'n_locl' \(did you mean 'n_local'\?\)"):
+        preset("global_local", P=64, n_locl=2)
+    with pytest.raises(ValueError, match="no option 'n_local'"):
+        preset("balanced", P=64, n_local=2)
+    with pytest.raises(ValueError, match="preset"):
+        preset("nope", P=16)
+    with pytest.raises(ValueError, match="area_shape"):
+        preset("balanced", P=15)                                  # 3 x 5: no four equal areas

@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from oracle import brute_force_loss, loss_scale
 
-from gradflow import Amplitude, Cluster, DataModel, population_grad, population_loss
+from gradflow import (
+    Amplitude,
+    Cluster,
+    DataModel,
+    InvalidInputError,
+    population_grad,
+    population_loss,
+)
 
 EXAMPLES = int(os.environ.get("GRADFLOW_HYPOTHESIS_EXAMPLES", "60"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -121,22 +128,29 @@ def test_invariant_under_relabelling_and_permutation(case, seed):
                 new_A[:, m.feature_index(k, 0) + relab[j]] = A[:, m.feature_index(k, j)]
         mr = DataModel(n_patches=m.n_patches, clusters=clusters, mask_ratio=m.mask_ratio)
         assert population_loss(mr, new_A, B, method) == pytest.approx(ref, rel=1e-10, abs=1e-14)
-    assert base >= 0
+    # the gradient moves with the positions: grad at the permuted state = permuted grad
+    gA, gB = population_grad(m, A, B)
+    pA, pB = population_grad(mp, A[perm], B[perm][:, perm])
+    scale = max(np.abs(gA).max(), np.abs(gB).max(), 1e-300)
+    assert np.abs(pA - gA[perm]).max() <= 1e-9 * scale + 1e-14
+    assert np.abs(pB - gB[perm][:, perm]).max() <= 1e-9 * scale + 1e-14
+    assert base == pytest.approx(population_loss(m, A, B), rel=0, abs=0)      # deterministic
 
 
-# ---- invalid input: always a ValueError that names the field -----------------------------------
-FIELDS = ("areas", "labels", "prob", "amplitude", "mask_ratio", "n_patches", "grid", "clusters",
-          "weights", "values", "A", "B", "method")
+# ---- invalid input: always an InvalidInputError that names the field ----------------------------
+# the words an error about each field must contain (a bad grid may surface as an areas-length error)
+FIELD_WORDS = {"areas": ("areas",), "prob": ("prob",), "amp_values": ("amplitude values",),
+               "amp_weights": ("amplitude weights",), "mask_ratio": ("mask_ratio",),
+               "n_patches": ("n_patches",), "grid": ("grid", "areas"), "clusters": ("clusters",)}
 
 junk = st.one_of(st.none(), st.text(max_size=3), st.floats(allow_nan=True, allow_infinity=True),
                  st.integers(-5, 5), st.lists(st.integers(-2, 3), max_size=4),
                  st.lists(st.lists(st.integers(0, 2), max_size=3), max_size=3),
-                 st.just([np.nan, 1.0]), st.just(np.inf))
+                 st.just([np.nan, 1.0]), st.just(np.inf), st.just(1 + 2j), st.just(True))
 
 
 @SETTINGS
-@given(st.sampled_from(["areas", "prob", "amp_values", "amp_weights", "mask_ratio", "n_patches",
-                        "grid", "clusters"]), junk)
+@given(st.sampled_from(sorted(FIELD_WORDS)), junk)
 def test_invalid_model_specs_raise_value_error(field, value):
     kw = dict(areas=[0, 0, 1], prob=None, amps=None, mask_ratio=0.5, n_patches=3, grid=None)
     try:
@@ -157,8 +171,8 @@ def test_invalid_model_specs_raise_value_error(field, value):
             kw[field] = value
         cl = Cluster(kw["areas"], prob=kw["prob"], amplitudes=kw["amps"])
         DataModel(n_patches=kw["n_patches"], grid=kw["grid"], clusters=[cl], mask_ratio=kw["mask_ratio"])
-    except ValueError as exc:
-        assert any(f in str(exc) for f in FIELDS), str(exc)
+    except InvalidInputError as exc:
+        assert any(word in str(exc) for word in FIELD_WORDS[field]), (field, str(exc))
         return
     # a junk value that happens to be valid must give a model the kernels accept
     m = DataModel(n_patches=kw["n_patches"], grid=kw["grid"],
@@ -182,7 +196,7 @@ def test_invalid_states_raise_value_error(which, value):
     if valid:      # junk that happens to be a valid state must simply work
         assert np.isfinite(population_loss(m, args["A"], args["B"]))
         return
-    with pytest.raises(ValueError, match=which):
-        population_loss(m, args["A"], args["B"])
-    with pytest.raises(ValueError, match=which):
-        population_grad(m, args["A"], args["B"])
+    # the message starts with the field's name: "A must ...", "B must ..." (not just any "A")
+    for fn in (population_loss, population_grad):
+        with pytest.raises(InvalidInputError, match=rf"^{which} must "):
+            fn(m, args["A"], args["B"])

@@ -2,15 +2,17 @@ import warnings
 
 import numpy as np
 import pytest
+from gradflow.presets import global_local
 from scipy.integrate import RK45
 
-from gradflow import Amplitude, Cluster, DataModel, expected_attention, population_loss, solve
-from gradflow.presets import global_local
-
-
-@pytest.fixture(scope="module")
-def paper_solution():
-    return solve(global_local(64, n_local=4, local_size=4, mask_ratio=0.5), 2000.0)
+from gradflow import (
+    Amplitude,
+    Cluster,
+    DataModel,
+    expected_attention,
+    population_loss,
+    solve,
+)
 
 
 def test_reduced_flow_equals_full_flow():
@@ -25,13 +27,13 @@ def test_reduced_flow_equals_full_flow():
     assert np.abs(red.A[-1]).max() > 0.1          # the flow actually moved
     np.testing.assert_allclose(red.A, full.A, atol=1e-7)
     np.testing.assert_allclose(red.B, full.B, atol=1e-7)
-    np.testing.assert_allclose(red.area_attention, full.area_attention, atol=1e-7)
+    np.testing.assert_allclose(red.target_attention, full.target_attention, atol=1e-7)
 
 
-def test_paper_preset_converges_to_area_attention(paper_solution):
+def test_paper_preset_converges_to_target_attention(paper_solution):
     sol = paper_solution
-    assert sol.status == 0 and sol.t[-1] == 2000.0
-    frac = sol.area_attention[-1] / sol.model.ceiling()
+    assert sol.status == 0 and sol.t[-1] == 1e4
+    frac = sol.target_attention[-1] / sol.model.ceiling()
     assert frac.min() >= 0.90
     # loss never increases along the flow
     assert np.all(np.diff(sol.loss) <= 1e-12 * sol.loss[0])
@@ -42,20 +44,20 @@ def test_initial_observables_by_hand(paper_solution):
     sol, m = paper_solution, paper_solution.model
     # Q = 0: every key weighs 1/P, so the own-area unmasked mass is (C - 1)(1 - gamma)/P
     C = m.clusters[0].area_sizes()[m.clusters[0].areas]
-    np.testing.assert_allclose(sol.area_attention[0, 0], (C - 1) * 0.5 / 64, rtol=1e-12)
+    np.testing.assert_allclose(sol.target_attention[0, 0], (C - 1) * 0.5 / 64, rtol=1e-12)
     assert sol.loss[0] == pytest.approx(population_loss(m, np.zeros((64, 5)), np.zeros((64, 64))), rel=1e-14)
 
 
 def test_solution_attention_and_dense_output(paper_solution):
     sol = paper_solution
     i = 80
-    att = sol.attention(i)
+    att = sol.attention_map(i)
     np.testing.assert_allclose(att.sum(axis=1), 1.0, atol=1e-12)
     np.testing.assert_allclose(att, expected_attention(sol.model, sol.A[i], sol.B[i])[0], atol=1e-13)
     own = sol.model.clusters[0].areas
-    unm = sol.attention(i, part="unmasked")
+    unm = sol.attention_map(i, part="unmasked")
     target = np.array([unm[p, (own == own[p]) & (np.arange(64) != p)].sum() for p in range(64)])
-    np.testing.assert_allclose(target, sol.area_attention[i, 0], atol=1e-13)
+    np.testing.assert_allclose(target, sol.target_attention[i, 0], atol=1e-13)
     st = sol.at(sol.t[i])
     np.testing.assert_allclose(st.A, sol.A[i], atol=1e-6)
     np.testing.assert_allclose(st.B, sol.B[i], atol=1e-6)
@@ -63,9 +65,9 @@ def test_solution_attention_and_dense_output(paper_solution):
 
 def test_attention_index_errors(paper_solution):
     with pytest.raises(ValueError, match="cluster"):
-        paper_solution.attention(0, cluster=1.5)
+        paper_solution.attention_map(0, cluster=1.5)
     with pytest.raises(ValueError, match="output index"):
-        paper_solution.attention(10**6)
+        paper_solution.attention_map(10**6)
 
 
 def test_integrators_agree():

@@ -1,11 +1,16 @@
 """Every check passes on the presets and fails on a case built to violate it."""
 import numpy as np
 import pytest
+from gradflow.presets import balanced, global_local
 
 from gradflow import Cluster, DataModel
+from gradflow.analysis.verification import (
+    check_diversity,
+    check_monotone,
+    check_phase_order,
+    verify,
+)
 from gradflow.cli import main
-from gradflow.presets import balanced, global_local
-from gradflow.verify import (check_diversity, check_monotone, check_phase_order, verify)
 
 
 def _by_name(report):
@@ -17,6 +22,7 @@ def passing():
     return verify(global_local(64, n_local=4, local_size=4, mask_ratio=0.5, n_clusters=2), t_max=1e4)
 
 
+@pytest.mark.slow
 def test_presets_pass_every_check(passing):
     assert passing.passed
     d = passing.to_dict()
@@ -56,6 +62,7 @@ def test_check_functions_fail_on_violations():
     assert check_diversity(np.array([0.0, 0.3])).passed
 
 
+@pytest.mark.slow
 def test_monte_carlo_check():
     m = global_local(16, n_local=2, local_size=4, mask_ratio=0.5)
     mc = dict(steps=400, lr=0.05, batch_size=128, seeds=2, record_every=40)
@@ -65,8 +72,9 @@ def test_monte_carlo_check():
     assert not r["Monte Carlo agreement"].passed
 
 
+@pytest.mark.slow
 def test_balanced_preset_has_no_local_queries():
-    r = _by_name(verify(balanced((8, 8), (4, 4), 0.5), t_max=1e4))
+    r = _by_name(verify(balanced(grid=(8, 8), area_shape=(4, 4), mask_ratio=0.5), t_max=1e4))
     assert r["phase ordering (local)"].passed and r["phase ordering (local)"].value == "no local queries"
     assert r["area-wide attention"].passed and r["attention diversity"].passed
 

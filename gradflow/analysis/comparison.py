@@ -1,0 +1,173 @@
+"""Theory versus simulation: the gradient flow against Monte-Carlo trained transformers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import positive_real
+from ..errors import InvalidInputError
+from ..flow.observables import target_attention_along
+from ..flow.solution import Solution
+from ..theory.population import loss
+from ..theory.state import State
+from ..training.run import TrainRun
+
+BAND_SIGMAS = 2.0   # the seed band is the MC mean +- 2 standard deviations across seeds
+
+
+@dataclass
+class ObservableComparison:
+    """One observable along the runs' record times.
+
+    flow, mc_mean, mc_std, abs_error have shape (T, ...); ``in_band`` says where the flow lies
+    within mean +- 2 std across seeds (None with a single run, when there is no band). Record
+    times outside the flow's span are NaN in ``flow`` and ``abs_error``.
+    """
+
+    name: str
+    flow: np.ndarray
+    mc_mean: np.ndarray
+    mc_std: np.ndarray
+    abs_error: np.ndarray
+    in_band: np.ndarray | None
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(np.nanmax(self.abs_error)) if np.isfinite(self.abs_error).any() else np.nan
+
+    @property
+    def mean_abs_error(self) -> float:
+        return float(np.nanmean(self.abs_error)) if np.isfinite(self.abs_error).any() else np.nan
+
+    @property
+    def band_fraction(self) -> float:
+        """Fraction of compared (time, query) points where the flow is inside the seed band."""
+        if self.in_band is None:
+            return float("nan")
+        compared = np.isfinite(self.abs_error)
+        return float(np.mean(self.in_band[compared])) if compared.any() else float("nan")
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare`: per observable, the flow against the MC mean over seeds."""
+
+    t: np.ndarray
+    n_runs: int
+    observables: dict
+    outside: int = 0         # record times outside the flow's span (not compared)
+
+    def __getitem__(self, name: str) -> ObservableComparison:
+        return self.observables[name]
+
+    def ok(self, tol: float = 0.05) -> bool:
+        """True when the MC mean target attention stays within ``tol`` of the flow at every
+        compared record time and query."""
+        tol = positive_real("tol", tol)
+        return bool(self.observables["target_attention"].max_abs_error <= tol)
+
+    def table(self) -> str:
+        head = f"{'observable':<18}{'max |err|':>11}{'mean |err|':>12}{'max MC std':>12}{'in band':>9}"
+        lines = [f"flow versus {self.n_runs} Monte-Carlo run(s), {self.t.size} record times up to t = {self.t[-1]:g}",
+                 head, "-" * len(head)]
+        for ob in self.observables.values():
+            band = "n/a" if ob.in_band is None else f"{100 * ob.band_fraction:.0f}%"
+            lines.append(f"{ob.name:<18}{ob.max_abs_error:>11.4f}{ob.mean_abs_error:>12.4f}"
+                         f"{np.nanmax(ob.mc_std):>12.4f}{band:>9}")
+        if self.outside:
+            lines.append(f"({self.outside} record time(s) outside the flow's span were not compared)")
+        return "\n".join(lines)
+
+
+def _target_fp(model, A):
+    """(T, K, P) correlation of every position with the feature of its own area, per cluster."""
+    out = np.empty(A.shape[:1] + (model.n_clusters, model.n_patches))
+    idx = np.arange(model.n_patches)
+    for k, cl in enumerate(model.clusters):
+        out[:, k] = A[:, idx, model.feature_index(k, 0) + cl.areas]
+    return out
+
+
+def _compare_one(name, flow, samples):
+    mean = samples.mean(axis=0)
+    n = samples.shape[0]
+    std = samples.std(axis=0, ddof=1) if n > 1 else np.zeros_like(mean)
+    err = np.abs(mean - flow)
+    in_band = None if n < 2 else err <= BAND_SIGMAS * std + 1e-12
+    return ObservableComparison(name, flow, mean, std, err, in_band)
+
+
+def _check_runs(solution, runs) -> list:
+    if isinstance(runs, TrainRun):
+        runs = [runs]
+    runs = list(runs)
+    if not runs or not all(isinstance(r, TrainRun) for r in runs):
+        raise InvalidInputError(f"runs must be a TrainRun or a non-empty sequence of them, got {runs!r}")
+    if not isinstance(solution, Solution):
+        raise InvalidInputError(f"solution must be a Solution, got {type(solution).__name__}")
+    t = runs[0].t
+    for r in runs[1:]:
+        if not np.array_equal(r.t, t):
+            raise InvalidInputError("runs must share their record times t (same lr, steps, record_every)")
+    for r in runs:
+        if r.model != solution.model:
+            raise InvalidInputError("runs must be trained on the solution's model")
+    if t[-1] > solution.t[-1] * (1 + 1e-12):
+        raise InvalidInputError(f"solution reaches t={solution.t[-1]:g}, the runs go to t={t[-1]:g}")
+    return runs
+
+
+def _flow_at(solution: Solution, times: np.ndarray) -> tuple[np.ndarray, State | None]:
+    """(inside, states): which times lie in the flow's span, and its states there."""
+    lo, hi = solution.dense_range()
+    inside = (times >= lo) & (times <= hi * (1 + 1e-12))
+    if not inside.any():
+        return inside, None
+    ys = np.stack([solution._dense(ti) for ti in np.minimum(times[inside], hi)])
+    return inside, State.from_flat(solution.reduction, ys)
+
+
+def compare(solution: Solution, runs) -> Comparison:
+    """Compare a gradient-flow solution with one or several Monte-Carlo runs.
+
+    Parameters
+    ----------
+    solution : Solution
+        From :func:`gradflow.solve` on the same model, reaching at least the runs' last time.
+    runs : TrainRun or sequence of TrainRun
+        Runs with the same record times (typically the same arguments, different seeds).
+
+    Returns
+    -------
+    Comparison
+        Observables "target_attention" (T, K, P), "target_fp" (T, K, P) (A[p, f(k, area_k(p))])
+        and "loss" (T,) (the MC loss averaged over each record interval against the flow loss at
+        the interval's midpoint; NaN at t = 0). The flow is compared only where it is defined:
+        a loaded solution that starts after t = 0 leaves earlier records out, and says so.
+    """
+    runs = _check_runs(solution, runs)
+    t = runs[0].t
+    model, red = solution.model, solution.reduction
+    inside, states = _flow_at(solution, t)
+    if states is None:
+        raise InvalidInputError(f"no record time lies in the flow's span {solution.dense_range()}")
+    T, K, P = t.size, model.n_clusters, model.n_patches
+    flow_att = np.full((T, K, P), np.nan)
+    flow_att[inside] = target_attention_along(states, solution.method)[:, :, red.class_of]
+    flow_fp = np.full((T, K, P), np.nan)
+    flow_fp[inside] = _target_fp(model, states.A)
+    mid = np.concatenate([[0.0], 0.5 * (t[1:] + t[:-1])])
+    inside_mid, mid_states = _flow_at(solution, mid)
+    flow_loss = np.full(T, np.nan)
+    if mid_states is not None:
+        flow_loss[inside_mid] = [loss(mid_states[i], solution.method) for i in range(len(mid_states))]
+    flow_loss[0] = np.nan
+
+    obs = {
+        "target_attention": _compare_one("target_attention", flow_att,
+                                         np.stack([r.target_attention for r in runs])),
+        "target_fp": _compare_one("target_fp", flow_fp, np.stack([_target_fp(r.model, r.A) for r in runs])),
+        "loss": _compare_one("loss", flow_loss, np.stack([r.loss for r in runs])),
+    }
+    return Comparison(t=t, n_runs=len(runs), observables=obs, outside=int((~inside).sum()))

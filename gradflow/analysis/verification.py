@@ -1,0 +1,179 @@
+"""The paper's claims as measured checks: ``verify`` solves a model and returns a ``Report``.
+
+Every check is a small function of measured arrays, so that each can be shown to fail on a case
+built to violate it (see tests/test_verify.py).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .._validate import instance
+from ..flow.observables import attention_diversity, target_fraction
+from ..flow.phase_times import phases, summarize
+from ..flow.solver import solve
+from ..model import DataModel
+from ..theory.oracle import area_oracle_loss
+from ..theory.population import loss
+from ..training.sgd import train_transformer
+from .comparison import compare
+
+CONVERGENCE_TOL = 0.02      # final loss within 2% of the area-oracle loss
+MONOTONE_TOL = 1e-10        # allowed relative rise of the loss between outputs (round-off)
+DIVERSITY_GAIN = 0.1        # final diversity at least this much above its t = 0 value
+
+
+@dataclass
+class Check:
+    """One row of a report: a measured value against a threshold (``passed`` None: informational)."""
+
+    name: str
+    value: object
+    threshold: str
+    passed: bool | None
+    claim: str
+
+
+# ---- the checks ---------------------------------------------------------------------------------
+def check_convergence(final_loss: float, oracle_loss: float, tol: float = CONVERGENCE_TOL) -> Check:
+    """The exact loss can only approach the oracle's from above; below it (beyond round-off)
+    something is wrong, so the check is two-sided."""
+    ratio = final_loss / oracle_loss if oracle_loss > 0 else np.inf
+    ok = bool(abs(final_loss - oracle_loss) <= tol * oracle_loss + 1e-15)
+    return Check("global convergence", f"exact loss {final_loss:.6g} = {ratio:.4f} x oracle {oracle_loss:.6g}",
+                 f"within {tol:.0%} of the oracle", ok,
+                 "gradient flow reaches near-optimal loss (the area-wide predictor)")
+
+
+def check_area_wide(target: np.ndarray, ceiling: np.ndarray, eps: float) -> Check:
+    frac = target_fraction(target, ceiling)[ceiling > 0]      # single-patch areas have no target
+    if frac.size == 0:
+        return Check("area-wide attention", "every area is a single patch", f">= {1 - eps:g}", True,
+                     "not applicable: no query has another patch in its area")
+    worst = float(np.min(frac))
+    return Check("area-wide attention", f"min target/ceiling {worst:.4f}", f">= {1 - eps:g}",
+                 bool(worst >= 1 - eps),
+                 "every masked query concentrates on the unmasked patches of its own area")
+
+
+def check_phase_order(T1: np.ndarray, T2: np.ndarray, T3: np.ndarray, is_local: np.ndarray,
+                      ceiling: np.ndarray | None = None) -> Check:
+    if ceiling is not None:
+        is_local = is_local & (ceiling > 0)      # a single-patch area has no target to grow
+    n = int(is_local.sum())
+    if n == 0:
+        return Check("phase ordering (local)", "no local queries", "T1 < T2 < T3", True,
+                     "not applicable: every area is its cluster's largest")
+    ordered = (T1 < T2) & (T2 < T3)          # NaN compares False: unreached phases fail
+    good = int(np.sum(ordered & is_local))
+    return Check("phase ordering (local)", f"{good}/{n} local queries ordered", "T1 < T2 < T3 for all",
+                 good == n, "global FP correlations decouple (T1) before the target local one grows (T2, T3)")
+
+
+def check_monotone(loss: np.ndarray, tol: float = MONOTONE_TOL) -> Check:
+    rise = float(np.max(np.diff(loss)) / abs(loss[0])) if loss.size > 1 else 0.0
+    return Check("monotone loss", f"max relative rise {rise:.2e}", f"<= {tol:g}", bool(rise <= tol),
+                 "the loss decreases along the gradient flow")
+
+
+def check_diversity(diversity: np.ndarray, gain: float = DIVERSITY_GAIN) -> Check:
+    d0, d1 = float(diversity[0]), float(diversity[-1])
+    return Check("attention diversity", f"{d0:.4f} -> {d1:.4f}", f"final >= initial + {gain:g}",
+                 bool(d1 >= d0 + gain), "patches learn diverse local attention patterns, not one collapsed map")
+
+
+def check_monte_carlo(max_error: float, tol: float) -> Check:
+    return Check("Monte Carlo agreement", f"max |area attention error| {max_error:.4f}", f"<= {tol:g}",
+                 bool(max_error <= tol), "SGD-trained transformers follow the gradient flow")
+
+
+@dataclass
+class Report:
+    """Result of :func:`verify`: named checks and informational rows."""
+
+    checks: list
+    info: list
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def table(self) -> str:
+        w = max(len(c.name) for c in self.checks + self.info)
+        lines = []
+        for c in self.checks:
+            mark = "PASS" if c.passed else "FAIL"
+            lines.append(f"{mark}  {c.name:<{w}}  {c.value}  (needs {c.threshold})\n      {'':<{w}}  {c.claim}")
+        lines.append("")
+        for c in self.info:
+            lines.append(f"info  {c.name:<{w}}  {c.value}")
+        lines.append("")
+        lines.append("all checks passed" if self.passed else
+                     f"{sum(not c.passed for c in self.checks)} check(s) failed")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks],
+                "info": [asdict(c) for c in self.info]}
+
+
+def verify(model: DataModel, *, t_max: float, method: str = "exact", mc: dict | None = None,
+           eps: float = 0.05) -> Report:
+    """Solve ``model`` to ``t_max`` and check the paper's claims.
+
+    Parameters
+    ----------
+    model : DataModel
+    t_max : float
+        Length of the flow; a run too short to converge fails the convergence checks.
+    method : {"exact", "meanfield"}
+    mc : dict, optional
+        ``dict(steps=..., lr=..., batch_size=..., seeds=..., tol=0.05)``: also train Monte-Carlo
+        transformers and check they follow the flow (``lr * steps`` must not exceed ``t_max``).
+    eps : float
+        Tolerance of the area-wide check and of T3.
+
+    Returns
+    -------
+    Report
+    """
+    instance("model", model, DataModel)
+    sol = solve(model, t_max, method=method)
+    ph = phases(sol, eps)
+    div = attention_diversity(sol)
+    oracle = area_oracle_loss(model)
+    # the oracle bounds the exact loss; a mean-field flow is judged by the exact loss of its state
+    final_exact = float(sol.loss[-1]) if method == "exact" else loss(sol.states[-1], "exact")
+    checks = [
+        check_convergence(final_exact, oracle),
+        check_area_wide(sol.target_attention[-1], model.ceiling(), eps),
+        check_phase_order(ph.T1, ph.T2, ph.T3, ph.is_local, ph.ceiling),
+        check_monotone(sol.loss),
+        check_diversity(div),
+    ]
+    if mc is not None:
+        mc = dict(mc)
+        tol = float(mc.pop("tol", 0.05))
+        seeds = mc.pop("seeds", [0])
+        seeds = range(seeds) if isinstance(seeds, int) else seeds
+        runs = [train_transformer(model, seed=s, **mc) for s in seeds]
+        checks.append(check_monte_carlo(compare(sol, runs)["target_attention"].max_abs_error, tol))
+    if sol.status < 0:
+        checks.append(Check("integration", sol.message, "status 0", False, "the flow was integrated to t_max"))
+
+    loc = ph.is_local
+    info = [
+        Check("final correlations", f"max |A| (FP) {np.abs(sol.A_classes[-1]).max():.4g}, "
+              f"max |B| (PP) {np.abs(sol.B_classes[-1]).max():.4g}", "", None, ""),
+    ]
+    if loc.any():
+        d0, t0 = ph.distractor[0][loc], ph.target[0][loc]
+        gap = float(np.mean(d0 - t0))
+        info.append(Check("initial masses (local)", f"distractor {np.mean(d0):.4g} vs target {np.mean(t0):.4g}: "
+                          f"information gap {'positive' if gap > 0 else 'non-positive'} ({gap:+.4g})", "", None, ""))
+    for group in summarize(ph).groups.values():
+        info.append(Check(f"phase times ({group.name})", group.line().split(": ", 1)[1] + " (median)", "", None, ""))
+    info.append(Check("flow", f"t_max {t_max:g}, method {method}, {sol.nfev} gradient evaluations, "
+                      f"{sol.wall_time:.2f} s", "", None, ""))
+    return Report(checks=checks, info=info)

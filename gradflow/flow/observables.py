@@ -1,0 +1,110 @@
+"""Observables along a trajectory (docs/model.md section 5): attention by area, the target and
+its fraction of the ceiling, and attention diversity.
+
+They take any result with ``t``, ``states`` (a ``State`` with a leading time axis), ``method`` and
+``model``: a ``Solution`` (per class, any P) and a Monte-Carlo ``TrainRun`` (per position, from
+its projected correlations) are measured with the same definitions.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..theory.population import attention_by_class, mass_by_area, own_area_attention
+from ..theory.reduction import Reduction
+from ..theory.state import State
+
+
+class AreaMasses(NamedTuple):
+    """Expected attention of masked queries by area, along the result's times."""
+
+    by_area: np.ndarray      # (T, K, S, N) mass on the unmasked keys of each area of the cluster
+    masked: np.ndarray       # (T, K, S) mass on masked keys, the query itself included
+    reduction: Reduction     # its classes S index the arrays (reduction.class_of maps positions)
+
+
+def class_attention_along(states: State, method: str):
+    """(unmasked (T, K, S, S), masked (T, K, S, S), on_self (T, K, S)) at every time."""
+    T = len(states)
+    red = states.reduction
+    K, S = red.n_clusters, red.n_classes
+    unmasked = np.empty((T, K, S, S))
+    masked = np.empty((T, K, S, S))
+    on_self = np.empty((T, K, S))
+    for i in range(T):
+        unmasked[i], masked[i], on_self[i] = attention_by_class(states[i], method)
+    return unmasked, masked, on_self
+
+
+def target_attention_along(states: State, method: str) -> np.ndarray:
+    """(T, K, S) expected mass on the unmasked keys of the query's own area, per class."""
+    return own_area_attention(states.reduction, class_attention_along(states, method)[0])
+
+
+def area_masses(result) -> AreaMasses:
+    """Attention by area along a Solution or TrainRun (computed once, then kept on the result)."""
+    cached = getattr(result, "_area_masses", None)
+    if cached is not None:
+        return cached
+    states = result.states
+    unmasked, masked, on_self = class_attention_along(states, result.method)
+    out = AreaMasses(mass_by_area(states.reduction, unmasked), masked.sum(axis=-1) + on_self, states.reduction)
+    try:
+        result._area_masses = out               # observables are read repeatedly
+    except AttributeError:
+        pass
+    return out
+
+
+def target_fraction(target: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """target / ceiling, NaN for queries whose area is a single patch (ceiling 0: no target)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ceiling > 0, target / np.where(ceiling > 0, ceiling, 1.0), np.nan)
+
+
+# ---- attention diversity ----------------------------------------------------------------------
+def _diversity_one(per_key: np.ndarray, self_w: np.ndarray, sizes: np.ndarray) -> float:
+    """1 - mean over pairs p != p' of sum_q min(w_p(q), w_p'(q)), from class-level maps.
+
+    per_key[s, r]: weight of one key of class r (r != the query) for a query of class s;
+    self_w[s]: weight of the query on itself. Exact for any class sizes, O(S^3).
+    """
+    S = sizes.size
+    n = sizes.astype(np.float64)
+    P = n.sum()
+    total = 0.0
+    for s in range(S):
+        for s2 in range(S):
+            pairs = n[s] * n[s2] - (n[s] if s == s2 else 0.0)
+            if pairs <= 0:
+                continue
+            # keys other than p and p': generic members of every class
+            generic = n - (np.arange(S) == s) - (np.arange(S) == s2)
+            overlap = np.sum(generic * np.minimum(per_key[s], per_key[s2]))
+            overlap += min(self_w[s], per_key[s2, s])        # key q = p
+            overlap += min(per_key[s, s2], self_w[s2])       # key q = p'
+            total += pairs * overlap
+    return 1.0 - total / (P * (P - 1.0))
+
+
+def attention_diversity(result) -> np.ndarray:
+    """(T,) attention diversity (docs/model.md section 5), per cluster, weighted by probability.
+
+    0 means every masked query attends to the same keys (e.g. Q = 0); values near 1 mean
+    disjoint attention patterns.
+    """
+    states = result.states
+    red = states.reduction
+    T = len(states)
+    out = np.zeros(T)
+    if red.class_size.sum() < 2:
+        return out
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inverse = np.where(red.other_keys > 0, 1.0 / red.other_keys, 0.0)
+    for i in range(T):
+        att = attention_by_class(states[i], result.method)
+        for k in range(red.n_clusters):
+            out[i] += red.cluster_prob[k] * _diversity_one((att.unmasked[k] + att.masked[k]) * inverse,
+                                                           att.on_self[k], red.class_size)
+    return out

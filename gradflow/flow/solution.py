@@ -1,0 +1,224 @@
+"""``Solution``: what :func:`gradflow.solve` returns (cf. ``scipy.integrate.solve_ivp``'s result).
+
+It keeps the class-reduced trajectory; per-position arrays, the loss and the attention
+observables are computed from it when first asked for, then kept. Files hold the class-reduced
+state and the class map at every P (NetCDF, ``save`` / ``load``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from .._validate import choice, is_int
+from ..errors import FileFormatError, InvalidInputError
+from ..io import read_dataset, write_dataset
+from ..model import DataModel
+from ..theory.population import attention_maps, loss, loss_and_gradient
+from ..theory.reduction import position_reduction, signature_reduction
+from ..theory.state import State
+from .observables import target_attention_along, target_fraction
+
+FORMAT_VERSION = 2          # 1: per-position A, B stored beside the classes at small P
+READS = (1, 2)
+
+
+@dataclass(eq=False, repr=False)
+class Solution:
+    """Result of :func:`gradflow.solve`.
+
+    Attributes
+    ----------
+    t : (T,) output times.
+    states : State with a leading time axis: ``A_classes`` (T, S, F), ``B_classes`` (T, S, S),
+        ``B_self`` (T, S); ``states[i]`` or ``state(i)`` is one time, ``at(t)`` any time.
+    loss : (T,) population loss (computed on first access).
+    target_attention : (T, K, P) expected mass a masked query at p puts on the unmasked keys of
+        its own area in cluster k (``target_attention_classes`` (T, K, S) per class).
+    target_fraction : (T, K, P) target attention / ceiling; NaN for single-patch areas.
+    model, method : what was solved and how; ``reduction`` the class resolution.
+    status : 0 success, -1 the integration stopped early (``message`` says why).
+    nfev : evaluations of the gradient; ``wall_time`` seconds spent in ``solve``.
+    """
+
+    t: np.ndarray
+    states: State
+    model: DataModel
+    method: str
+    status: int
+    message: str
+    nfev: int
+    wall_time: float
+    _dense: object = field(default=None, repr=False)
+    _loss: np.ndarray | None = field(default=None, repr=False)
+    _target_classes: np.ndarray | None = field(default=None, repr=False)
+
+    # ---- the trajectory ---------------------------------------------------------------------
+    @property
+    def reduction(self):
+        return self.states.reduction
+
+    @property
+    def A_classes(self) -> np.ndarray:
+        return self.states.A_classes
+
+    @property
+    def B_classes(self) -> np.ndarray:
+        return self.states.B_classes
+
+    @property
+    def B_self(self) -> np.ndarray:
+        return self.states.B_self
+
+    @property
+    def A(self) -> np.ndarray:
+        """(T, P, F) per-position feature-position correlations (expanded on access)."""
+        return self.states.A
+
+    @property
+    def B(self) -> np.ndarray:
+        """(T, P, P) per-position position-position correlations (expanded on access)."""
+        return self.states.B
+
+    @property
+    def success(self) -> bool:
+        return self.status >= 0
+
+    def state(self, i: int) -> State:
+        """The state at output index ``i``."""
+        return self.states[self._index(i)]
+
+    def _index(self, i) -> int:
+        if not is_int(i) or not (-self.t.size <= i < self.t.size):
+            raise InvalidInputError(f"i must be an output index in 0..{self.t.size - 1}, got {i!r}")
+        return int(i)
+
+    def dense_range(self) -> tuple[float, float]:
+        """Times ``at`` can evaluate: [0, t_max] after a solve, the stored span after a load."""
+        if self._dense is None:
+            raise InvalidInputError("this solution has no dense output (it holds a single time)")
+        lo = getattr(self._dense, "t_min", None)
+        lo = float(self._dense.x[0]) if lo is None else float(lo)
+        return lo, float(self.t[-1])
+
+    def at(self, t: float) -> State:
+        """The state at any time in ``dense_range()`` from the integrator's dense output (a cubic
+        Hermite interpolant of the stored states for a loaded solution)."""
+        lo, hi = self.dense_range()
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"t must be a number in [{lo}, {hi}], got {t!r}") from None
+        if not (lo <= t <= hi):
+            raise InvalidInputError(f"t must be in [{lo}, {hi}], got {t!r}")
+        return State.from_flat(self.reduction, self._dense(t))
+
+    # ---- observables ------------------------------------------------------------------------
+    @property
+    def loss(self) -> np.ndarray:
+        if self._loss is None:
+            self._loss = np.array([loss(self.states[i], self.method) for i in range(self.t.size)])
+        return self._loss
+
+    @property
+    def target_attention_classes(self) -> np.ndarray:
+        if self._target_classes is None:
+            self._target_classes = target_attention_along(self.states, self.method)
+        return self._target_classes
+
+    @property
+    def target_attention(self) -> np.ndarray:
+        return self.target_attention_classes[..., self.reduction.class_of]
+
+    @property
+    def target_fraction(self) -> np.ndarray:
+        return target_fraction(self.target_attention, self.model.ceiling()[None])
+
+    def attention_map(self, i: int, cluster: int = 0, part: str = "total") -> np.ndarray:
+        """(P, P) expected attention of a masked query p (row) on key q (column) at output ``i``.
+
+        ``part`` is "total", "unmasked" (mass on q when q is unmasked) or "masked". The diagonal
+        is the query's attention on itself (always masked). Rows of "total" sum to one.
+        """
+        if not is_int(cluster) or not (0 <= cluster < self.model.n_clusters):
+            raise InvalidInputError(f"cluster must be an integer in 0..{self.model.n_clusters - 1}, got {cluster!r}")
+        choice("part", part, ("total", "unmasked", "masked"))
+        return attention_maps(self.state(i), self.method, part=part, clusters=[cluster])[0]
+
+    # ---- text -------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (f"<gradflow.Solution {self.method}, {self.model!r}\n"
+                f" t: {self.t.size} times in [{self.t[0]:g}, {self.t[-1]:g}], {self.reduction.n_classes} "
+                f"classes, status {self.status} ({self.message}), nfev {self.nfev}, {self.wall_time:.3g} s>")
+
+    # ---- files ------------------------------------------------------------------------------
+    def to_xarray(self, per_position: bool = False) -> xr.Dataset:
+        """Labelled Dataset: dims time, cluster, class, key_class, feature, query (position).
+
+        The class-reduced state and the class map ``class_of`` describe the solution at any P;
+        ``per_position=True`` adds A (time, query, feature), B (time, query, key) and
+        target_attention (time, cluster, query).
+        """
+        m, red = self.model, self.reduction
+        data = {
+            "A_classes": (("time", "class", "feature"), self.A_classes),
+            "B_classes": (("time", "class", "key_class"), self.B_classes),
+            "B_self": (("time", "class"), self.B_self),
+            "class_of": ("query", red.class_of),
+            "loss": ("time", self.loss),
+            "target_attention_classes": (("time", "cluster", "class"), self.target_attention_classes),
+            "feature_cluster": ("feature", np.array([k for k, _ in m.features])),
+            "feature_area": ("feature", np.array([j for _, j in m.features])),
+        }
+        coords = {"time": self.t, "cluster": np.arange(m.n_clusters), "feature": np.arange(m.n_features),
+                  "query": np.arange(m.n_patches)}
+        if per_position:
+            data["target_attention"] = (("time", "cluster", "query"), self.target_attention)
+            data["A"] = (("time", "query", "feature"), self.A)
+            data["B"] = (("time", "query", "key"), self.B)
+            coords["key"] = np.arange(m.n_patches)
+        ds = xr.Dataset(data, coords=coords)
+        ds.attrs.update(gradflow_format=FORMAT_VERSION, kind="solution", model=m.to_json(),
+                        method=self.method, status=int(self.status), message=self.message, nfev=int(self.nfev),
+                        wall_time=float(self.wall_time),
+                        # signature classes, or every position its own class (a solve from init=...)
+                        resolution="signature" if np.array_equal(red.class_of, m.class_of) else "position")
+        ds["A_classes"].attrs["long_name"] = "feature-position correlation e_p^T Q v_f per class"
+        ds["B_classes"].attrs["long_name"] = "position-position correlation e_p^T Q e_q (p != q) per class pair"
+        ds["B_self"].attrs["long_name"] = "self correlation e_p^T Q e_p of a class"
+        ds["target_attention_classes"].attrs["long_name"] = (
+            "expected attention of a masked query on unmasked keys of its own area, per class")
+        ds["time"].attrs["long_name"] = "gradient-flow time"
+        return ds
+
+    def save(self, path) -> None:
+        """Write a NetCDF file atomically; :meth:`load` reads it back."""
+        write_dataset(self.to_xarray(), path)
+
+    @classmethod
+    def load(cls, path) -> "Solution":
+        """Rebuild a Solution; ``at(t)`` interpolates the stored states with cubic Hermite
+        splines whose slopes are the flow's velocities at the stored times."""
+        ds = read_dataset(path, "solution", READS, variables=("A_classes", "B_classes", "B_self", "class_of", "loss"),
+                          attrs=("model", "method", "status", "message", "nfev", "wall_time", "resolution"))
+        return cls.from_xarray(ds, source=str(path))
+
+    @classmethod
+    def from_xarray(cls, ds: xr.Dataset, source: str = "dataset") -> "Solution":
+        from scipy.interpolate import CubicHermiteSpline
+
+        model = DataModel.from_json(ds.attrs["model"], source)
+        red = signature_reduction(model) if ds.attrs["resolution"] == "signature" else position_reduction(model)
+        if not np.array_equal(red.class_of, ds["class_of"].values):
+            raise FileFormatError(f"{source}: its classes do not match the stored model")
+        method = str(ds.attrs["method"])
+        t = ds["time"].values
+        states = State(red, ds["A_classes"].values, ds["B_classes"].values, ds["B_self"].values)
+        velocities = np.stack([-loss_and_gradient(states[i], method)[1].flat() for i in range(t.size)])
+        dense = CubicHermiteSpline(t, states.flat(), velocities, axis=0) if t.size > 1 else None
+        target_name = "target_attention_classes" if "target_attention_classes" in ds else "area_attention_classes"
+        return cls(t=t, states=states, model=model, method=method, status=int(ds.attrs["status"]),
+                   message=str(ds.attrs["message"]), nfev=int(ds.attrs["nfev"]),
+                   wall_time=float(ds.attrs["wall_time"]), _dense=dense, _loss=ds["loss"].values,
+                   _target_classes=ds[target_name].values if target_name in ds else None)

@@ -1,0 +1,109 @@
+"""Safe output files: checked before any work starts, written atomically, nothing around damaged.
+
+* :func:`check_output_path` refuses, before a computation, an output the save would fail on or
+  would damage: a missing or read-only directory, a directory or FIFO or device in its place, a
+  file with other hard links (an atomic rename would silently detach them).
+* :func:`atomic_path` writes to a temporary file beside the target and renames it over the
+  target in one step. A symlink is written through (its target is replaced, the link kept), an
+  existing file keeps its permissions, and temporary files carry a recognisable name
+  (``.NAME.gradflow-PID.tmp``); one left by a killed process is removed by the next save of the
+  same target.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import OutputPathError
+
+TMP_TAG = "gradflow-"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def check_output_path(path, what: str = "output") -> Path:
+    """The real file a save to ``path`` will write (symlinks followed), or OutputPathError.
+
+    Call it before the work whose result is saved, so that nothing is computed for nothing.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    parent = target.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is not writable")
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputPathError(f"{what} {str(path)!r} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputPathError(f"{what} {str(path)!r} exists and is not a regular file (a FIFO, socket "
+                              f"or device): refusing to replace it")
+    if st.st_nlink > 1:
+        raise OutputPathError(f"{what} {str(path)!r} has {st.st_nlink} hard links: replacing it atomically "
+                              f"would detach the others; remove them or choose another name")
+    return target
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list:
+    """Delete temporary files of earlier saves of ``target`` whose process is gone."""
+    removed = []
+    for tmp in target.parent.glob(f".{target.name}.{TMP_TAG}*.tmp"):
+        pid = tmp.name[len(f".{target.name}.{TMP_TAG}"):-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+@contextmanager
+def atomic_path(path, what: str = "output"):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path``
+    keeps its previous content, if any.
+    """
+    target = check_output_path(path, what)
+    remove_stale_temporaries(target)
+    tmp = target.parent / f".{target.name}.{TMP_TAG}{os.getpid()}.tmp"
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)      # keep an existing file's permissions
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        os.chmod(tmp, mode)
+        yield tmp
+        with open(tmp, "rb+") as fh:          # the data is on disk before the rename
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,188 @@
+"""Ready-made data models of the paper's family, in one registry with one calling convention.
+
+``preset(name, P=..., mask_ratio=..., **options)`` builds any of them; the command line, sweeps
+and ``phase_scaling`` all go through it, and options a preset does not have are refused.
+
+``global_local``: one dominant global area and a few small compact local areas (the paper's
+global and local features). ``balanced``: the grid tiled by equal rectangles. Both have a number
+of signature classes that does not depend on P (for ``balanced``: at a fixed number of areas).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import numpy as np
+
+from .._validate import choice, fmt, positive_int, suggest
+from ..errors import InvalidInputError
+from .datamodel import Cluster, DataModel
+
+
+def square_grid(P: int) -> tuple[int, int]:
+    """The most square (H, W) with H * W = P and H <= W."""
+    P = positive_int("P", P)
+    h = int(np.sqrt(P))
+    while P % h:
+        h -= 1
+    return h, P // h
+
+
+def _block_shape(size: int, H: int, W: int) -> tuple[int, int]:
+    """Most square (h, w), h * w = size, that fits in an H x W grid."""
+    best = None
+    for h in range(1, size + 1):
+        if size % h == 0 and h <= H and size // h <= W:
+            w = size // h
+            if best is None or abs(h - w) < abs(best[0] - best[1]):
+                best = (h, w)
+    if best is None:
+        raise InvalidInputError(f"local_size={size} does not fit as a rectangle in the {H}x{W} grid")
+    return best
+
+
+def _cluster_probs(probs, K: int) -> list:
+    if probs is None:
+        return [None] * K
+    probs = list(probs)
+    if len(probs) != K:
+        raise InvalidInputError(f"probs must have n_clusters={K} entries, got {fmt(probs)}")
+    return probs
+
+
+def global_local(P: int = 64, n_local: int | None = None, local_size: int = 4, mask_ratio: float = 0.5,
+                 n_clusters: int = 1, amplitudes=None, probs=None) -> DataModel:
+    """A dominant global area plus ``n_local`` compact local areas, per cluster.
+
+    Parameters
+    ----------
+    P : int
+        Number of patches, laid out on the most square grid (``square_grid``).
+    n_local : int, optional
+        Local areas per cluster; default 4, or as many as fit when P is too small for 4 (a
+        global area is always left).
+    local_size : int
+        Patches in each local area (a compact rectangle).
+    mask_ratio : float
+        Mask probability gamma.
+    n_clusters : int
+        Further clusters place their local areas in other blocks of the grid.
+    amplitudes : Amplitude or mapping, optional
+        Passed to every ``Cluster`` (area 0 is the global area, 1..n_local the local ones).
+    probs : sequence of float, optional
+        Cluster probabilities (default uniform).
+
+    Returns
+    -------
+    DataModel
+        Area 0 of every cluster is the global area; the model has 1 + n_clusters * n_local
+        signature classes, whatever P.
+
+    Examples
+    --------
+    >>> global_local(P=64, n_local=4, local_size=4).n_classes
+    5
+    """
+    P = positive_int("P", P)
+    local_size = positive_int("local_size", local_size)
+    K = positive_int("n_clusters", n_clusters)
+    H, W = square_grid(P)
+    bh, bw = _block_shape(local_size, H, W)
+    rows, cols = H // bh, W // bw
+    n_slots = rows * cols
+    if n_local is None:         # 4, or as many as fit beside a global area
+        n_local = max(1, min(4, n_slots // K, (P - 1) // (local_size * K)))
+    n_local = positive_int("n_local", n_local)
+    need = n_local * K
+    if need > n_slots or need * local_size >= P:
+        raise InvalidInputError(
+            f"n_local={n_local} areas of local_size={local_size} for {K} cluster(s) do not fit in "
+            f"P={P} ({H}x{W} grid, {n_slots} free blocks) with a global area left: "
+            f"lower n_local or local_size, or raise P")
+    # spread the blocks evenly over the grid; cluster k takes every K-th of them
+    slots = np.round(np.linspace(0, n_slots - 1, need)).astype(int)
+    probs = _cluster_probs(probs, K)
+    clusters = []
+    for k in range(K):
+        areas = np.zeros((H, W), dtype=np.int64)
+        for j, slot in enumerate(slots[k::K], start=1):
+            r, c = divmod(int(slot), cols)
+            areas[r * bh:(r + 1) * bh, c * bw:(c + 1) * bw] = j
+        clusters.append(Cluster(areas, prob=probs[k], amplitudes=amplitudes))
+    return DataModel(grid=(H, W), clusters=clusters, mask_ratio=mask_ratio)
+
+
+def balanced(P: int | None = None, area_shape=None, mask_ratio: float = 0.5, n_clusters: int = 1,
+             amplitudes=None, probs=None, grid=None) -> DataModel:
+    """The grid tiled by equal ``area_shape`` rectangles; cluster k shifts the tiling by
+    ``k/n_clusters`` of an area in both directions (wrapping around the grid edges).
+
+    Parameters
+    ----------
+    P : int, optional
+        Number of patches on the most square grid (``square_grid``); default 64 (8 x 8).
+    area_shape : (int, int), optional
+        Shape of every area; default: half the grid in each direction (four areas).
+    grid : (int, int), optional
+        The grid (H, W) itself, when not the most square one of P.
+
+    The number of classes is the number of areas times the overlaps of the shifted tilings; it
+    stays fixed as the grid grows with the number of areas held fixed.
+
+    Examples
+    --------
+    >>> balanced(P=16).n_features
+    4
+    """
+    if grid is None:
+        H, W = square_grid(64 if P is None else P)
+    else:
+        H, W = DataModel._check_grid(grid)
+        if P is not None and P != H * W:
+            raise InvalidInputError(f"P must equal H*W of grid {grid!r}, got {P!r}")
+    if area_shape is None:
+        if H % 2 or W % 2:
+            raise InvalidInputError(f"the {H}x{W} grid of P={H * W} cannot be cut in four equal areas: "
+                                    f"give area_shape (a pair that tiles the grid)")
+        area_shape = (H // 2, W // 2)
+    try:
+        h, w = (int(x) for x in area_shape)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"area_shape must be a pair of integers, got {fmt(area_shape)}") from None
+    if min(h, w) < 1 or H % h or W % w:
+        raise InvalidInputError(f"area_shape {fmt(area_shape)} must tile the {H}x{W} grid exactly")
+    K = positive_int("n_clusters", n_clusters)
+    probs = _cluster_probs(probs, K)
+    rr, cc = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    clusters = []
+    for k in range(K):
+        dy, dx = (k * h) // K, (k * w) // K
+        areas = ((rr - dy) % H) // h * (W // w) + ((cc - dx) % W) // w
+        clusters.append(Cluster(areas, prob=probs[k], amplitudes=amplitudes))
+    return DataModel(grid=(H, W), clusters=clusters, mask_ratio=mask_ratio)
+
+
+PRESETS: dict[str, Callable[..., DataModel]] = {"global_local": global_local, "balanced": balanced}
+
+
+def preset_options(name: str) -> list[str]:
+    """The keyword options of a preset (P and mask_ratio included)."""
+    fn = PRESETS[choice("preset", name, PRESETS)]
+    return list(inspect.signature(fn).parameters)
+
+
+def preset(name: str, **options) -> DataModel:
+    """Build the preset ``name`` with keyword ``options`` (``P``, ``mask_ratio`` and the
+    preset's own); an option the preset does not have is refused, with the nearest one named.
+
+    Examples
+    --------
+    >>> preset("balanced", P=16, mask_ratio=0.4).grid
+    (4, 4)
+    """
+    known = preset_options(name)
+    for key in options:
+        if key not in known:
+            raise InvalidInputError(f"preset {name!r} has no option {key!r}{suggest(key, known)}; "
+                                    f"its options are {known}")
+    return PRESETS[name](**options)

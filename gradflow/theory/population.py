@@ -1,0 +1,159 @@
+"""The population loss, its gradient and the expected attention, on a ``State``.
+
+The first half works at any class resolution and is what the flow uses: ``loss``,
+``loss_and_gradient``, ``attention_by_class`` and what derives from it. The second half is the
+public per-position API: ``population_loss``, ``population_grad`` and ``expected_attention`` take
+any real A (P x F) and B (P x P) and assume no symmetry.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .._validate import choice, instance
+from ..model import DataModel
+from . import kernels
+from .reduction import Reduction
+from .state import State
+
+METHODS = tuple(kernels.METHODS)
+
+
+def check_method(method) -> str:
+    """'exact' or 'meanfield', or InvalidInputError."""
+    return choice("method", method, METHODS)
+
+
+def _closed_form(reduction: Reduction, method: str) -> bool:
+    # the mean field of point-mass amplitudes is a rational function: no t-integral needed
+    return method == "meanfield" and reduction.all_point
+
+
+def loss(state: State, method: str = "exact") -> float:
+    """Population loss of a single-time state."""
+    red = state.reduction
+    return float(kernels.population_loss(kernels.METHODS[check_method(method)], red, state.A_classes,
+                                         state.B_classes, state.B_self, _closed_form(red, method)))
+
+
+def loss_and_gradient(state: State, method: str = "exact") -> tuple[float, State]:
+    """Population loss and its per-entry gradient, as a State of derivatives."""
+    red = state.reduction
+    value, gA, gB, gS = kernels.population_loss_grad(kernels.METHODS[check_method(method)], red,
+                                                     state.A_classes, state.B_classes, state.B_self,
+                                                     _closed_form(red, method))
+    return float(value), State(red, gA, gB, gS)
+
+
+class ClassAttention(NamedTuple):
+    """Expected attention of masked queries per key class, per cluster (rows sum to one)."""
+
+    unmasked: np.ndarray     # (K, S, S) mass on the unmasked keys of class r (the query excluded)
+    masked: np.ndarray       # (K, S, S) mass on the masked keys of class r (the query excluded)
+    on_self: np.ndarray      # (K, S) mass on the query itself
+
+
+def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
+    """Expected attention of a masked query of every class on every key class."""
+    return ClassAttention(*kernels.attention_by_class(kernels.METHODS[check_method(method)], state.reduction,
+                                                      state.A_classes, state.B_classes, state.B_self))
+
+
+def own_area_attention(reduction: Reduction, unmasked: np.ndarray) -> np.ndarray:
+    """(..., K, S) expected mass on the unmasked keys of the query's own area (the "target"),
+    from per-class unmasked masses (..., K, S, S)."""
+    same_area = reduction.key_feature[:, :, None] == reduction.key_feature[:, None, :]   # (K, S, S)
+    return np.sum(np.where(same_area, unmasked, 0.0), axis=-1)
+
+
+def mass_by_area(reduction: Reduction, unmasked: np.ndarray) -> np.ndarray:
+    """(..., K, S, N) unmasked mass on every area of the cluster (N = most areas of a cluster),
+    from per-class unmasked masses (..., K, S, S)."""
+    K, S = reduction.n_clusters, reduction.n_classes
+    n_areas = int((reduction.feature_stop - reduction.feature_start).max())
+    onehot = np.zeros((K, S, n_areas))
+    onehot[np.arange(K)[:, None], np.arange(S)[None, :], reduction.area_of_class()] = 1.0   # key -> area
+    return np.einsum("...ksr,kra->...ksa", unmasked, onehot)
+
+
+def attention_maps(state: State, method: str = "exact", part: str = "total", clusters=None) -> np.ndarray:
+    """Per-position expected attention (len(clusters), P, P) of a single-time state.
+
+    Row p, column q: expected softmax weight of key q for a masked query p; the diagonal is the
+    query's weight on itself. ``part`` keeps only keys that are "unmasked" or "masked".
+    """
+    choice("part", part, ("total", "unmasked", "masked"))
+    att = attention_by_class(state, method)
+    per_class = {"total": att.unmasked + att.masked, "unmasked": att.unmasked, "masked": att.masked}[part]
+    red = state.reduction
+    clusters = range(red.n_clusters) if clusters is None else clusters
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_key = np.where(red.other_keys > 0, per_class / red.other_keys, 0.0)
+    c = red.class_of
+    idx = np.arange(c.size)
+    out = np.empty((len(clusters), c.size, c.size))
+    for i, k in enumerate(clusters):
+        out[i] = per_key[k][c][:, c]
+        out[i, idx, idx] = 0.0 if part == "unmasked" else att.on_self[k][c]
+    return out
+
+
+# ---- the public per-position API ----------------------------------------------------------------
+def population_loss(model: DataModel, A, B, method: str = "exact") -> float:
+    """Expected masked-reconstruction loss L(Q) of docs/model.md section 2.
+
+    Parameters
+    ----------
+    model : DataModel
+    A : (P, F) array_like
+        Feature-position correlations e_p^T Q v_f.
+    B : (P, P) array_like
+        Position-position correlations e_p^T Q e_q (diagonal: a masked query's self score).
+    method : {"exact", "meanfield"}
+        "exact" is the exact expectation over masks and amplitudes at finite P; "meanfield"
+        replaces the unmasked counts by their means.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gradflow import presets
+    >>> m = presets.global_local(P=16, n_local=1, local_size=4)
+    >>> round(population_loss(m, np.zeros((16, 2)), np.zeros((16, 16))), 6)   # Q = 0
+    3.516602
+    """
+    instance("model", model, DataModel)
+    check_method(method)
+    return loss(State.from_positions(model, A, B), method)
+
+
+def population_grad(model: DataModel, A, B, method: str = "exact"):
+    """Gradient of :func:`population_loss`: ``(dL/dA (P, F), dL/dB (P, P))``."""
+    instance("model", model, DataModel)
+    check_method(method)
+    _, grad = loss_and_gradient(State.from_positions(model, A, B), method)
+    gB = grad.B_classes.copy()
+    np.fill_diagonal(gB, grad.B_self)
+    return grad.A_classes, gB
+
+
+def expected_attention(model: DataModel, A, B, method: str = "exact", part: str = "total") -> np.ndarray:
+    """Expected attention maps (K, P, P) of masked queries for per-position correlations.
+
+    Entry [k, p, q] is E[w_pq | p masked, cluster k], averaged over the other masks and the
+    amplitudes; ``part`` keeps only the cases where q is "unmasked" or "masked". Rows of the
+    "total" map sum to one.
+    """
+    instance("model", model, DataModel)
+    check_method(method)
+    return attention_maps(State.from_positions(model, A, B), method, part)
+
+
+def target_attention_at(model: DataModel, A, B, method: str = "exact") -> np.ndarray:
+    """(K, P) expected mass a masked query at p puts on the unmasked keys of its own area."""
+    state = State.from_positions(model, A, B)
+    return own_area_attention(state.reduction, attention_by_class(state, check_method(method)).unmasked)

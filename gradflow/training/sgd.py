@@ -1,0 +1,198 @@
+"""A real one-layer softmax transformer trained by SGD on sampled data (docs/model.md section 6).
+
+Nothing here uses the population formulas to train: every step samples a minibatch
+(cluster, amplitudes, Bernoulli mask), runs softmax attention with the full d x d matrix Q and
+takes an SGD step along the exact gradient of the batch loss (the mean over samples of the
+masked half-sum of squared errors). The population formulas are used only to *report* the
+expected attention of the projected state, the observable ``solve`` reports, so that the two can
+be compared.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._validate import (
+    choice,
+    instance,
+    is_int,
+    nonnegative_int,
+    positive_int,
+    positive_real,
+    real,
+)
+from ..errors import InvalidInputError
+from ..model import DataModel
+from ..theory.population import target_attention_at
+from .checkpoint import CHECKPOINT_VERSION, RECORDS, load_checkpoint, save_checkpoint
+from .run import TrainRun
+from .sampling import BatchSampler
+from .transformer import batch_loss_grad, make_embeddings
+
+EMBEDDINGS = ("orthonormal", "gaussian")
+
+
+def check_width(model: DataModel, d) -> int:
+    """The embedding width: default and minimum F + P (orthonormal features and positions)."""
+    d_min = model.n_features + model.n_patches
+    if d is None:
+        return d_min
+    if not is_int(d) or d < d_min:
+        raise InvalidInputError(f"d must be an integer >= F + P = {d_min}, got {d!r}")
+    return int(d)
+
+
+@dataclass
+class _Progress:
+    """The mutable state of a run: matrices, generator, counters and records."""
+
+    Q: np.ndarray
+    E: np.ndarray
+    V: np.ndarray
+    rng: np.random.Generator
+    step: int
+    records: dict
+    acc: float = 0.0          # batch losses summed since the last record
+    n_acc: int = 0
+
+
+def _fresh(model, d, embeddings, seed, init_scale) -> _Progress:
+    rng = np.random.default_rng(seed)
+    V, E = make_embeddings(model, d, embeddings, rng)
+    Q = init_scale * rng.standard_normal((d, d)) if init_scale > 0 else np.zeros((d, d))
+    return _Progress(Q, E, V, rng, 0, {key: [] for key in RECORDS})
+
+
+def _resumed(path, meta, record_every) -> _Progress:
+    ck = load_checkpoint(Path(path), meta)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ck["rng_state"]
+    records = {key: list(ck[f"rec_{key}"]) for key in RECORDS}
+    if records["step"][-1] % record_every:
+        # the end-of-run record of a shorter run: an uninterrupted run has no record here
+        for val in records.values():
+            val.pop()
+    return _Progress(ck["Q"].copy(), ck["E"], ck["V"], rng, int(ck["step"]), records,
+                     float(ck["acc"]), int(ck["n_acc"]))
+
+
+def _record(run: _Progress, model: DataModel, lr: float, loss_mean: float) -> None:
+    A = run.E.T @ run.Q @ run.V
+    B = run.E.T @ run.Q @ run.E
+    for key, value in (("t", lr * run.step), ("step", run.step), ("A", A), ("B", B), ("loss", loss_mean),
+                       ("att", target_attention_at(model, A, B))):
+        run.records[key].append(value)
+
+
+def _progress_bar(progress, total: int, initial: int):
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="step", desc="gradflow train", leave=False)
+
+
+def train_transformer(model: DataModel, *, steps: int, lr: float, batch_size: int, d: int | None = None,
+                      seed: int = 0, init_scale: float = 0.0, record_every: int = 100,
+                      embeddings: str = "orthonormal", progress=None, checkpoint=None,
+                      resume=None) -> TrainRun:
+    """Train a one-layer softmax transformer by SGD on masked reconstruction.
+
+    Parameters
+    ----------
+    model : DataModel
+        The data distribution to sample from.
+    steps : int
+        Total number of SGD steps (also when resuming).
+    lr : float
+        Step size; record i is at gradient-flow time t = lr * step.
+    batch_size : int
+        Samples per step; the batch loss is the mean over samples of the masked half-sum.
+    d : int, optional
+        Embedding width, at least (and by default) F + P.
+    seed : int
+        Seeds the embeddings, the initial Q and every minibatch: same seed, same numbers.
+    init_scale : float
+        Q(0) has i.i.d. N(0, init_scale^2) entries (0: Q(0) = 0 as in the flow).
+    record_every : int
+        Steps between records (the last step is always recorded).
+    embeddings : {"orthonormal", "gaussian"}
+        Orthonormal features and positions (the model's assumption), or i.i.d. N(0, 1/d) entries.
+    progress : bool, optional
+        tqdm bar; default only on a terminal.
+    checkpoint : path, optional
+        Save the full state at every record and at the end (atomically).
+    resume : path, optional
+        Continue from a checkpoint made with the same arguments (``steps`` may grow); the result
+        is identical to an uninterrupted run.
+
+    Returns
+    -------
+    TrainRun
+        ``status`` -1 (and a RuntimeWarning) when the batch loss stopped being finite: the run
+        diverged, and stops at the step it happened.
+    """
+    instance("model", model, DataModel)
+    steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
+    record_every = positive_int("record_every", record_every)
+    lr, seed = positive_real("lr", lr), nonnegative_int("seed", seed)
+    init_scale = real("init_scale", init_scale, low=0.0)
+    choice("embeddings", embeddings, EMBEDDINGS)
+    d = check_width(model, d)
+    meta = {"version": CHECKPOINT_VERSION, "model": model.to_dict(), "lr": float(lr),
+            "batch_size": int(batch_size), "d": d, "seed": int(seed), "init_scale": float(init_scale),
+            "record_every": int(record_every), "embeddings": embeddings, "steps": int(steps)}
+    start = time.perf_counter()
+    run = _fresh(model, d, embeddings, seed, init_scale) if resume is None else _resumed(resume, meta, record_every)
+
+    def save():
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, Q=run.Q, E=run.E, V=run.V, step=run.step, acc=run.acc, n_acc=run.n_acc,
+                            meta=meta, rng=run.rng, records=run.records)
+
+    if run.step == 0 and not run.records["t"]:
+        _record(run, model, lr, np.nan)
+        save()
+    status, message = _train(run, model, steps, lr, batch_size, record_every, progress, save)
+    if status < 0:
+        warnings.warn(f"gradflow.train_transformer: {message}", RuntimeWarning, stacklevel=2)
+    rec = run.records
+    return TrainRun(t=np.array(rec["t"]), step=np.array(rec["step"]), A=np.array(rec["A"]),
+                    B=np.array(rec["B"]), loss=np.array(rec["loss"]), target_attention=np.array(rec["att"]),
+                    Q=run.Q, E=run.E, V=run.V, model=model, seed=int(seed), steps=int(steps), lr=float(lr),
+                    batch_size=int(batch_size), d=d, embeddings=embeddings, init_scale=float(init_scale),
+                    record_every=int(record_every), wall_time=time.perf_counter() - start,
+                    status=status, message=message, meta=meta)
+
+
+def _train(run: _Progress, model, steps, lr, batch_size, record_every, progress, save) -> tuple[int, str]:
+    """SGD steps until ``steps``; (status, message)."""
+    sampler = BatchSampler(model)
+    bar = _progress_bar(progress, steps, run.step)
+    try:
+        while run.step < steps:
+            fq, z, vis = sampler.sample(run.rng, batch_size)
+            loss, dQ = batch_loss_grad(run.Q, run.E, run.V, fq, z, vis)
+            if not (np.isfinite(loss) and np.all(np.isfinite(dQ))):
+                return -1, (f"diverged at step {run.step + 1}: the batch loss is {loss!r}; lower lr "
+                            f"(now {lr:g}); the records stop at step {run.records['step'][-1]}")
+            run.Q -= lr * dQ
+            run.step += 1
+            run.acc += loss
+            run.n_acc += 1
+            if bar is not None:
+                bar.update(1)
+            on_grid = run.step % record_every == 0
+            if on_grid or run.step == steps:
+                _record(run, model, lr, run.acc / run.n_acc)
+                if on_grid:     # an off-grid final record keeps its interval open for a resume
+                    run.acc, run.n_acc = 0.0, 0
+                save()
+    finally:
+        if bar is not None:
+            bar.close()
+    return 0, "finished"
