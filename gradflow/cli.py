@@ -92,8 +92,7 @@ def solve_summary(sol) -> str:
              f"  loss {sol.loss[0]:.6g} -> {sol.loss[-1]:.6g}"]
     lines += ["  phases of " + g.line() + " (median)" for g in summary.groups.values()]
     if sol.method == "meanfield":
-        lines.append("  (mean field: counts replaced by their means, so the target can exceed the exact "
-                     "ceiling 1 - gamma^(C-1))")
+        lines.append("  (the mean-field loss drives the flow; attention is measured exactly on its state)")
     lines += [f"  target attention / ceiling at t_max: min {summary.min_target_fraction:.4f}, "
               f"mean {summary.mean_target_fraction:.4f}",
               f"  wall time {sol.wall_time:.2f} s ({sol.nfev} gradient evaluations, "

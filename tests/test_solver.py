@@ -126,3 +126,17 @@ def test_solve_bad_input(kw, field):
     t_max = args.pop("t_max")
     with pytest.raises(ValueError, match=field):
         solve(m, t_max, **args)
+
+
+def test_meanfield_flow_is_observed_with_the_exact_attention():
+    """A mean-field flow's state is measured like any other: exact expected attention, so the
+    target stays below its ceiling (the mean-field attention itself exceeds it)."""
+    from gradflow.theory.population import attention_by_class, own_area_attention
+    m = global_local(64, n_local=4, local_size=4, mask_ratio=0.5)
+    sol = solve(m, 2000.0, method="meanfield")
+    st = sol.state(-1)
+    exact = own_area_attention(st.reduction, attention_by_class(st, "exact").unmasked)
+    mean_field = own_area_attention(st.reduction, attention_by_class(st, "meanfield").unmasked)
+    np.testing.assert_allclose(sol.target_attention_classes[-1], exact, rtol=1e-12)
+    assert np.nanmax(sol.target_fraction) <= 1.0
+    assert np.max(mean_field[:, 1:] / (1 - 0.5 ** 3)) > 1.0       # what it would report otherwise

@@ -154,7 +154,7 @@ def compare(solution: Solution, runs) -> Comparison:
         raise InvalidInputError(f"no record time lies in the flow's span {solution.dense_range()}")
     T, K, P = t.size, model.n_clusters, model.n_patches
     flow_att = np.full((T, K, P), np.nan)
-    flow_att[inside] = target_attention_along(states, solution.method)[:, :, red.class_of]
+    flow_att[inside] = target_attention_along(states)[:, :, red.class_of]
     flow_fp = np.full((T, K, P), np.nan)
     flow_fp[inside] = _target_fp(model, states.A)
     mid = np.concatenate([[0.0], 0.5 * (t[1:] + t[:-1])])

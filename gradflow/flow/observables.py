@@ -1,9 +1,11 @@
 """Observables along a trajectory (docs/model.md section 5): attention by area, the target and
 its fraction of the ceiling, and attention diversity.
 
-They take any result with ``t``, ``states`` (a ``State`` with a leading time axis), ``method`` and
-``model``: a ``Solution`` (per class, any P) and a Monte-Carlo ``TrainRun`` (per position, from
-its projected correlations) are measured with the same definitions.
+They take any result with ``t``, ``states`` (a ``State`` with a leading time axis) and ``model``:
+a ``Solution`` (per class, any P) and a Monte-Carlo ``TrainRun`` (per position, from its projected
+correlations) are measured with the same definitions. The attention is always the exact
+expectation over masks and amplitudes of the state, whatever flow produced it: a mean-field
+state is a Q like any other, and the ceiling and phase times refer to the exact attention.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from ..theory.reduction import Reduction
 from ..theory.state import State
 
 
+OBSERVABLE_METHOD = "exact"     # observables are exact expectations of the state (see above)
+
+
 class AreaMasses(NamedTuple):
     """Expected attention of masked queries by area, along the result's times."""
 
@@ -24,7 +29,7 @@ class AreaMasses(NamedTuple):
     reduction: Reduction     # its classes S index the arrays (reduction.class_of maps positions)
 
 
-def class_attention_along(states: State, method: str):
+def class_attention_along(states: State, method: str = OBSERVABLE_METHOD):
     """(unmasked (T, K, S, S), masked (T, K, S, S), on_self (T, K, S)) at every time."""
     T = len(states)
     red = states.reduction
@@ -37,7 +42,7 @@ def class_attention_along(states: State, method: str):
     return unmasked, masked, on_self
 
 
-def target_attention_along(states: State, method: str) -> np.ndarray:
+def target_attention_along(states: State, method: str = OBSERVABLE_METHOD) -> np.ndarray:
     """(T, K, S) expected mass on the unmasked keys of the query's own area, per class."""
     return own_area_attention(states.reduction, class_attention_along(states, method)[0])
 
@@ -48,7 +53,7 @@ def area_masses(result) -> AreaMasses:
     if cached is not None:
         return cached
     states = result.states
-    unmasked, masked, on_self = class_attention_along(states, result.method)
+    unmasked, masked, on_self = class_attention_along(states)
     out = AreaMasses(mass_by_area(states.reduction, unmasked), masked.sum(axis=-1) + on_self, states.reduction)
     try:
         result._area_masses = out               # observables are read repeatedly
@@ -103,7 +108,7 @@ def attention_diversity(result) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         inverse = np.where(red.other_keys > 0, 1.0 / red.other_keys, 0.0)
     for i in range(T):
-        att = attention_by_class(states[i], result.method)
+        att = attention_by_class(states[i], OBSERVABLE_METHOD)
         for k in range(red.n_clusters):
             out[i] += red.cluster_prob[k] * _diversity_one((att.unmasked[k] + att.masked[k]) * inverse,
                                                            att.on_self[k], red.class_size)

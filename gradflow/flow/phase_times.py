@@ -1,6 +1,7 @@
 """Phase times (docs/model.md section 5) and the one summary of them every report uses.
 
-T1 (decoupling): the distractor mass on the largest other area falls to half its t = 0 value.
+T1 (decoupling): the distractor mass, on the largest other area (all of them when several tie),
+falls to half its t = 0 value.
 T2: the target mass reaches half its ceiling. T3: it reaches (1 - eps) of its ceiling.
 The times are read per (cluster, query position) from the same traces for a ``Solution`` and a
 Monte-Carlo ``TrainRun``; :func:`summarize` turns them into the medians and counts that
@@ -14,8 +15,9 @@ import numpy as np
 
 from .._validate import real
 from ..model import DataModel
-from ..theory.population import attention_by_class
-from .observables import area_masses, target_fraction
+from ..errors import InvalidInputError
+from ..theory.population import attention_by_class, mass_by_area
+from .observables import OBSERVABLE_METHOD, area_masses, target_fraction
 
 PHASE_NAMES = ("T1", "T2", "T3")
 
@@ -43,15 +45,18 @@ def local_mask(model: DataModel) -> np.ndarray:
     return out
 
 
-def largest_other_area(model: DataModel) -> np.ndarray:
-    """(K, P) label of the largest area other than the position's own (-1 if none)."""
-    out = np.full((model.n_clusters, model.n_patches), -1, dtype=np.int64)
+def largest_other_areas(model: DataModel) -> np.ndarray:
+    """(K, P, N) True for the areas of the position's cluster that are the largest among the
+    areas other than its own: all of them when several tie, so that no area label decides
+    (N = most areas of a cluster; no area is marked when the cluster has a single area)."""
+    n_max = max(cl.n_areas for cl in model.clusters)
+    out = np.zeros((model.n_clusters, model.n_patches, n_max), dtype=bool)
     for k, cl in enumerate(model.clusters):
         sizes = cl.area_sizes()
         for j in range(cl.n_areas):
             others = np.where(np.arange(cl.n_areas) == j, -1, sizes)
             if cl.n_areas > 1:
-                out[k, cl.areas == j] = int(np.argmax(others))
+                out[k, cl.areas == j, :cl.n_areas] = others == others.max()
     return out
 
 
@@ -99,23 +104,23 @@ class Phases:
         return f"Phases(eps={self.eps}) of {self.model!r}\n{self.summary()}"
 
 
-def _distractor_at_zero(result, area, other) -> np.ndarray:
+def _distractor_at_zero(result, distractor_areas) -> np.ndarray:
     """(K, S) distractor mass of the state at t = 0, from a Solution's dense output."""
     try:
         lo, _ = result.dense_range()
     except (AttributeError, ValueError):
         lo = None
     if lo is None or lo > 0.0:
-        raise ValueError(f"phases needs the state at t = 0 to measure T1, but the result starts at "
-                         f"t = {result.t[0]:g}; include t = 0 in t_eval")
-    unmasked = attention_by_class(result.at(0.0), result.method).unmasked
-    K, S = area.shape
-    out = np.full((K, S), np.nan)
-    for k in range(K):
-        for s in range(S):
-            if other[k, s] >= 0:
-                out[k, s] = unmasked[k, s][area[k] == other[k, s]].sum()
-    return out
+        raise InvalidInputError(f"phases needs the state at t = 0 to measure T1, but the result starts at "
+                                f"t = {result.t[0]:g}; include t = 0 in t_eval")
+    unmasked = attention_by_class(result.at(0.0), OBSERVABLE_METHOD).unmasked
+    return _distractor(mass_by_area(result.reduction, unmasked), distractor_areas)
+
+
+def _distractor(by_area: np.ndarray, distractor_areas: np.ndarray) -> np.ndarray:
+    """(..., K, S) mass on the distractor areas; NaN where the cluster has no other area."""
+    has_other = distractor_areas.any(axis=-1)
+    return np.where(has_other, np.sum(np.where(distractor_areas, by_area, 0.0), axis=-1), np.nan)
 
 
 def phases(result, eps: float = 0.05) -> Phases:
@@ -135,14 +140,12 @@ def phases(result, eps: float = 0.05) -> Phases:
     t = np.asarray(result.t, dtype=np.float64)
     area = red.area_of_class()                                        # (K, S)
     rep = red.representative()
-    other = largest_other_area(model)[:, rep]                         # (K, S)
+    distractor_areas = largest_other_areas(model)[:, rep]               # (K, S, N)
     ceiling = model.ceiling()
     target = np.take_along_axis(by_area, area[None, :, :, None], axis=3)[..., 0]         # (T, K, S)
-    distractor = np.where(other[None] >= 0,
-                          np.take_along_axis(by_area, np.maximum(other, 0)[None, :, :, None], axis=3)[..., 0],
-                          np.nan)
+    distractor = _distractor(by_area, distractor_areas)                                    # (T, K, S)
     # T1 is measured against the distractor mass at t = 0, which the output times may not hold
-    d0 = distractor[0] if t[0] == 0.0 else _distractor_at_zero(result, area, other)
+    d0 = distractor[0] if t[0] == 0.0 else _distractor_at_zero(result, distractor_areas)
     T1 = np.full((K, S), np.nan)
     T2 = np.full((K, S), np.nan)
     T3 = np.full((K, S), np.nan)

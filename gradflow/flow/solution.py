@@ -18,7 +18,7 @@ from ..model import DataModel
 from ..theory.population import attention_maps, loss, loss_and_gradient
 from ..theory.reduction import position_reduction, signature_reduction
 from ..theory.state import State
-from .observables import target_attention_along, target_fraction
+from .observables import OBSERVABLE_METHOD, target_attention_along, target_fraction
 
 FORMAT_VERSION = 2          # 1: per-position A, B stored beside the classes at small P
 READS = (1, 2)
@@ -33,9 +33,11 @@ class Solution:
     t : (T,) output times.
     states : State with a leading time axis: ``A_classes`` (T, S, F), ``B_classes`` (T, S, S),
         ``B_self`` (T, S); ``states[i]`` or ``state(i)`` is one time, ``at(t)`` any time.
-    loss : (T,) population loss (computed on first access).
+    loss : (T,) the loss the flow descends: the exact population loss, or the mean-field loss
+        for a mean-field flow (computed on first access).
     target_attention : (T, K, P) expected mass a masked query at p puts on the unmasked keys of
-        its own area in cluster k (``target_attention_classes`` (T, K, S) per class).
+        its own area in cluster k (``target_attention_classes`` (T, K, S) per class). Attention
+        observables are exact expectations of the state, also for a mean-field flow.
     target_fraction : (T, K, P) target attention / ceiling; NaN for single-patch areas.
     model, method : what was solved and how; ``reduction`` the class resolution.
     status : 0 success, -1 the integration stopped early (``message`` says why).
@@ -124,7 +126,7 @@ class Solution:
     @property
     def target_attention_classes(self) -> np.ndarray:
         if self._target_classes is None:
-            self._target_classes = target_attention_along(self.states, self.method)
+            self._target_classes = target_attention_along(self.states)
         return self._target_classes
 
     @property
@@ -144,7 +146,7 @@ class Solution:
         if not is_int(cluster) or not (0 <= cluster < self.model.n_clusters):
             raise InvalidInputError(f"cluster must be an integer in 0..{self.model.n_clusters - 1}, got {cluster!r}")
         choice("part", part, ("total", "unmasked", "masked"))
-        return attention_maps(self.state(i), self.method, part=part, clusters=[cluster])[0]
+        return attention_maps(self.state(i), OBSERVABLE_METHOD, part=part, clusters=[cluster])[0]
 
     # ---- text -------------------------------------------------------------------------------
     def __repr__(self) -> str:

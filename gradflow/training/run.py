@@ -59,8 +59,6 @@ class TrainRun:
     message: str = "finished"
     meta: dict = field(default_factory=dict, repr=False)
 
-    method = "exact"        # its observables are the exact expectations of the projected state
-
     @property
     def states(self) -> State:
         """The projected correlations as a trajectory of per-position States."""
