@@ -54,18 +54,18 @@ def _two_cluster(P: int) -> DataModel:
 
 
 @njit(cache=True)
-def _count_factor_evals(red, A, B, B_self):
+def _count_factor_evals(reduction, A, B, B_self):
     """Key-factor evaluations one gradient call performs (nodes x key classes x atoms)."""
-    S = red.other_keys.shape[0]
+    S = reduction.other_keys.shape[0]
     total = 0
-    for k in range(red.cluster_prob.size):
+    for k in range(reduction.cluster_prob.size):
         for s in range(S):
-            _, _, lo, hi = key_weights(red, A, B, B_self, s, k)
+            _, _, lo, hi = key_weights(reduction, A, B, B_self, s, k)
             n = grid(lo, hi)[2]
             per_node = 0
             for r in range(S):
-                if red.other_keys[s, r] > 0:
-                    per_node += red.n_atoms[red.key_feature[k, r]]
+                if reduction.other_keys[s, r] > 0:
+                    per_node += reduction.n_atoms[reduction.key_feature[k, r]]
             total += n * per_node
     return total
 

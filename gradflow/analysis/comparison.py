@@ -148,13 +148,13 @@ def compare(solution: Solution, runs) -> Comparison:
     """
     runs = _check_runs(solution, runs)
     t = runs[0].t
-    model, red = solution.model, solution.reduction
+    model, reduction = solution.model, solution.reduction
     inside, states = _flow_at(solution, t)
     if states is None:
         raise InvalidInputError(f"no record time lies in the flow's span {solution.dense_range()}")
     T, K, P = t.size, model.n_clusters, model.n_patches
     flow_att = np.full((T, K, P), np.nan)
-    flow_att[inside] = target_attention_along(states)[:, :, red.class_of]
+    flow_att[inside] = target_attention_along(states)[:, :, reduction.class_of]
     flow_fp = np.full((T, K, P), np.nan)
     flow_fp[inside] = _target_fp(model, states.A)
     mid = np.concatenate([[0.0], 0.5 * (t[1:] + t[:-1])])

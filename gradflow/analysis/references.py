@@ -50,7 +50,7 @@ def _nodes(log_dmin, log_dmax):
 
 def numpy_loss_and_grad(model, A, B):
     """Exact loss and per-entry gradient (dA, dB) by the t-integral, in plain NumPy."""
-    P, F, g = model.n_patches, model.n_features, model.mask_ratio
+    P, F, gamma = model.n_patches, model.n_features, model.mask_ratio
     loss, dA, dB = 0.0, np.zeros((P, F)), np.zeros((P, P))
     for k, cl in enumerate(model.clusters):
         for p in range(P):
@@ -83,7 +83,7 @@ def numpy_loss_and_grad(model, A, B):
                     continue
                 ta = np.exp(sigma[:, None, None] + la[j][None])             # (n, r, a)
                 tb = np.exp(sigma[:, None, None] + lb_by[j][None, :, None])
-                x, y = np.log(g) - tb, np.log1p(-g) - ta
+                x, y = np.log(gamma) - tb, np.log1p(-gamma) - ta
                 L = np.logaddexp(x, y)                                       # log phi
                 u = expit(y - x)
                 w = expit(x - y)
@@ -100,7 +100,7 @@ def numpy_loss_and_grad(model, A, B):
             G = np.exp(np.sum(logphi, axis=0) - tc)
             s2 = np.sum(e2, axis=0)
             integrand = G * (-e1[j0] + 0.5 * s2)
-            weight = model.probs[k] * g
+            weight = model.probs[k] * gamma
             loss += weight * (0.5 * amps[j0].moment2() + np.sum(h * integrand))
             dB[p, p] += weight * np.sum(h * -tc * integrand)
             for j in range(cl.n_areas):

@@ -32,8 +32,8 @@ class AreaMasses(NamedTuple):
 def class_attention_along(states: State, method: str = OBSERVABLE_METHOD):
     """(unmasked (T, K, S, S), masked (T, K, S, S), on_self (T, K, S)) at every time."""
     T = len(states)
-    red = states.reduction
-    K, S = red.n_clusters, red.n_classes
+    reduction = states.reduction
+    K, S = reduction.n_clusters, reduction.n_classes
     unmasked = np.empty((T, K, S, S))
     masked = np.empty((T, K, S, S))
     on_self = np.empty((T, K, S))
@@ -100,16 +100,16 @@ def attention_diversity(result) -> np.ndarray:
     disjoint attention patterns.
     """
     states = result.states
-    red = states.reduction
+    reduction = states.reduction
     T = len(states)
     out = np.zeros(T)
-    if red.class_size.sum() < 2:
+    if reduction.class_size.sum() < 2:
         return out
     with np.errstate(invalid="ignore", divide="ignore"):
-        inverse = np.where(red.other_keys > 0, 1.0 / red.other_keys, 0.0)
+        inverse = np.where(reduction.other_keys > 0, 1.0 / reduction.other_keys, 0.0)
     for i in range(T):
         att = attention_by_class(states[i], OBSERVABLE_METHOD)
-        for k in range(red.n_clusters):
-            out[i] += red.cluster_prob[k] * _diversity_one((att.unmasked[k] + att.masked[k]) * inverse,
-                                                           att.on_self[k], red.class_size)
+        for k in range(reduction.n_clusters):
+            out[i] += reduction.cluster_prob[k] * _diversity_one((att.unmasked[k] + att.masked[k]) * inverse,
+                                                           att.on_self[k], reduction.class_size)
     return out

@@ -134,12 +134,12 @@ def phases(result, eps: float = 0.05) -> Phases:
     """
     eps = real("eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
     model = result.model
-    by_area, _, red = area_masses(result)
-    c = red.class_of
-    K, S = red.n_clusters, red.n_classes
+    by_area, _, reduction = area_masses(result)
+    c = reduction.class_of
+    K, S = reduction.n_clusters, reduction.n_classes
     t = np.asarray(result.t, dtype=np.float64)
-    area = red.area_of_class()                                        # (K, S)
-    rep = red.representative()
+    area = reduction.area_of_class()                                        # (K, S)
+    rep = reduction.representative()
     distractor_areas = largest_other_areas(model)[:, rep]               # (K, S, N)
     ceiling = model.ceiling()
     target = np.take_along_axis(by_area, area[None, :, :, None], axis=3)[..., 0]         # (T, K, S)

@@ -162,12 +162,12 @@ class Solution:
         ``per_position=True`` adds A (time, query, feature), B (time, query, key) and
         target_attention (time, cluster, query).
         """
-        m, red = self.model, self.reduction
+        m, reduction = self.model, self.reduction
         data = {
             "A_classes": (("time", "class", "feature"), self.A_classes),
             "B_classes": (("time", "class", "key_class"), self.B_classes),
             "B_self": (("time", "class"), self.B_self),
-            "class_of": ("query", red.class_of),
+            "class_of": ("query", reduction.class_of),
             "loss": ("time", self.loss),
             "target_attention_classes": (("time", "cluster", "class"), self.target_attention_classes),
             "feature_cluster": ("feature", np.array([k for k, _ in m.features])),
@@ -185,7 +185,7 @@ class Solution:
                         method=self.method, status=int(self.status), message=self.message, nfev=int(self.nfev),
                         wall_time=float(self.wall_time),
                         # signature classes, or every position its own class (a solve from init=...)
-                        resolution="signature" if np.array_equal(red.class_of, m.class_of) else "position")
+                        resolution="signature" if np.array_equal(reduction.class_of, m.class_of) else "position")
         ds["A_classes"].attrs["long_name"] = "feature-position correlation e_p^T Q v_f per class"
         ds["B_classes"].attrs["long_name"] = "position-position correlation e_p^T Q e_q (p != q) per class pair"
         ds["B_self"].attrs["long_name"] = "self correlation e_p^T Q e_p of a class"
@@ -211,12 +211,12 @@ class Solution:
         from scipy.interpolate import CubicHermiteSpline
 
         model = DataModel.from_json(ds.attrs["model"], source)
-        red = signature_reduction(model) if ds.attrs["resolution"] == "signature" else position_reduction(model)
-        if not np.array_equal(red.class_of, ds["class_of"].values):
+        reduction = signature_reduction(model) if ds.attrs["resolution"] == "signature" else position_reduction(model)
+        if not np.array_equal(reduction.class_of, ds["class_of"].values):
             raise FileFormatError(f"{source}: its classes do not match the stored model")
         method = str(ds.attrs["method"])
         t = ds["time"].values
-        states = State(red, ds["A_classes"].values, ds["B_classes"].values, ds["B_self"].values)
+        states = State(reduction, ds["A_classes"].values, ds["B_classes"].values, ds["B_self"].values)
         velocities = np.stack([-loss_and_gradient(states[i], method)[1].flat() for i in range(t.size)])
         dense = CubicHermiteSpline(t, states.flat(), velocities, axis=0) if t.size > 1 else None
         target_name = "target_attention_classes" if "target_attention_classes" in ds else "area_attention_classes"

@@ -140,16 +140,16 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
         max_nfev = positive_int("max_nfev", max_nfev)
     start = time.perf_counter()
     y0 = initial_state(model, init)
-    red = y0.reduction
-    jac = _jacobian_function(red, method, solver_class, jacobian)
+    reduction = y0.reduction
+    jac = _jacobian_function(reduction, method, solver_class, jacobian)
 
     def velocity(_t, y):
-        return -loss_and_gradient(State.from_flat(red, y), method)[1].flat()
+        return -loss_and_gradient(State.from_flat(reduction, y), method)[1].flat()
 
     run = integrate(velocity, y0.flat(), t_max, t_out, solver_class, rtol, atol, max_nfev, jac)
     if run.status < 0:
         warnings.warn(f"gradflow.solve: {run.message}", RuntimeWarning, stacklevel=2)
-    return Solution(t=run.t, states=State.from_flat(red, run.y), model=model, method=method,
+    return Solution(t=run.t, states=State.from_flat(reduction, run.y), model=model, method=method,
                     status=run.status, message=run.message, nfev=run.nfev,
                     wall_time=time.perf_counter() - start, _dense=run.dense)
 

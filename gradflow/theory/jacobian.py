@@ -38,40 +38,41 @@ def query_hessian(x: np.ndarray, Z: np.ndarray, z0: float, j0: int):
 def meanfield_jacobian(state: State) -> np.ndarray:
     """Jacobian (n, n) of the mean-field flow's right-hand side -grad L in the flat state
     (``State.flat``); point-mass amplitudes only."""
-    red = state.reduction
+    reduction = state.reduction
     A, B, B_self = state.A_classes, state.B_classes, state.B_self
-    if not red.all_point:
+    if not reduction.all_point:
         raise ValueError("the analytic Jacobian needs point-mass amplitudes (all_point)")
-    S, F = red.n_classes, red.n_features
-    n = flat_size(red)
+    S, F = reduction.n_classes, reduction.n_features
+    n = flat_size(reduction)
     J = np.zeros((n, n))
-    gamma = red.mask_ratio
-    z = red.atom_z[:, 0]
+    gamma = reduction.mask_ratio
+    z = reduction.atom_z[:, 0]
     for s in range(S):
-        keys = np.flatnonzero(red.other_keys[s] > 0)
+        keys = np.flatnonzero(reduction.other_keys[s] > 0)
         R = keys.size
         # parameters of row s: A[s, :] (F), B[s, :] (S), B_self[s] (1) -> their packed indices
         idx = np.concatenate([s * F + np.arange(F), S * F + s * S + np.arange(S), [S * F + S * S + s]])
         scale = np.ones(F + S + 1)
-        scale[F:F + S] = np.where(red.other_keys[s] > 0, 1.0 / np.maximum(red.other_keys[s], 1.0), 0.0)
+        scale[F:F + S] = np.where(reduction.other_keys[s] > 0, 1.0 / np.maximum(reduction.other_keys[s], 1.0), 0.0)
         block = np.zeros((F + S + 1, F + S + 1))
-        for k in range(red.n_clusters):
-            lo = red.feature_start[k]
-            n_areas = red.feature_stop[k] - lo
-            feat = red.key_feature[k, keys]
+        for k in range(reduction.n_clusters):
+            lo = reduction.feature_start[k]
+            n_areas = reduction.feature_stop[k] - lo
+            feat = reduction.key_feature[k, keys]
             # slots: c, then (beta_r, alpha_r) for every key class r
             x = np.concatenate([[B_self[s]],
-                                B[s, keys] + np.log(red.other_keys[s, keys] * gamma),
-                                B[s, keys] + z[feat] * A[s, feat] + np.log(red.other_keys[s, keys] * (1 - gamma))])
+                                B[s, keys] + np.log(reduction.other_keys[s, keys] * gamma),
+                                B[s, keys] + z[feat] * A[s, feat]
+                                + np.log(reduction.other_keys[s, keys] * (1 - gamma))])
             Z = np.zeros((1 + 2 * R, n_areas))
             Z[1 + R + np.arange(R), feat - lo] = z[feat]
-            f0 = red.key_feature[k, s]
+            f0 = reduction.key_feature[k, s]
             _, H = query_hessian(x, Z, z[f0], int(f0 - lo))
             M = np.zeros((1 + 2 * R, F + S + 1))
             M[0, F + S] = 1.0
             M[1 + np.arange(R), F + keys] = 1.0
             M[1 + R + np.arange(R), F + keys] = 1.0
             M[1 + R + np.arange(R), feat] = z[feat]
-            block += red.cluster_prob[k] * gamma * (M.T @ H @ M)
+            block += reduction.cluster_prob[k] * gamma * (M.T @ H @ M)
         J[np.ix_(idx, idx)] = -scale[:, None] * block
     return J

@@ -108,30 +108,30 @@ def _scaled(t, sigma, log_w, lin):
 
 # ---- one query: weights, grid, per-area sums --------------------------------------------------
 @njit(cache=True, inline="always")
-def key_weights(red, A, B, B_self, s, k):
+def key_weights(reduction, A, B, B_self, s, k):
     """Log weights of every key class for query class s in cluster k.
 
     Returns (KeyWeights, log c, log D_min, log D_max): the bounds of D over all masks and atoms
     set the t-grid of the integrals.
     """
-    S = red.other_keys.shape[0]
-    amax = red.atom_z.shape[1]
+    S = reduction.other_keys.shape[0]
+    amax = reduction.atom_z.shape[1]
     w = KeyWeights(np.zeros((S, amax)), np.zeros(S), np.zeros((S, amax)), np.zeros(S))
     log_c = B_self[s]
     lo = log_c
     hi = log_c
     for r in range(S):
-        m = red.other_keys[s, r]
+        m = reduction.other_keys[s, r]
         if m <= 0.0:
             continue
-        f = red.key_feature[k, r]
+        f = reduction.key_feature[k, r]
         lb = B[s, r]
         w.log_beta[r] = lb
         w.beta[r] = _linear(lb)
         amin = np.inf
         amax_r = -np.inf
-        for a in range(red.n_atoms[f]):
-            la = lb + red.atom_z[f, a] * A[s, f]
+        for a in range(reduction.n_atoms[f]):
+            la = lb + reduction.atom_z[f, a] * A[s, f]
             w.log_alpha[r, a] = la
             w.alpha[r, a] = _linear(la)
             amin = min(amin, la)
@@ -149,22 +149,23 @@ def new_area_terms(n_areas, amax):
 
 
 @njit(cache=True, inline="always")
-def area_terms(method, red, s, k, sigma, weights, log_g, log_1mg, terms, factors, store):
+def area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, store):
     """Fill ``terms`` at t = e^sigma for every area of cluster k; returns sum_j log Phi_j.
 
     With ``store`` the factors of every (key class, atom) are kept in ``factors`` for the
     gradient and attention passes.
     """
     # the record's arrays as locals: LLVM then keeps their pointers in registers
-    gamma = red.mask_ratio
-    other_keys, keys_by_area, area_start, area_stop = red.other_keys, red.keys_by_area, red.area_start, red.area_stop
-    atom_z, atom_log_weight, n_atoms = red.atom_z, red.atom_log_weight, red.n_atoms
+    gamma = reduction.mask_ratio
+    other_keys, keys_by_area = reduction.other_keys, reduction.keys_by_area
+    area_start, area_stop = reduction.area_start, reduction.area_stop
+    atom_z, atom_log_weight, n_atoms = reduction.atom_z, reduction.atom_log_weight, reduction.n_atoms
     log_alpha, alpha, log_beta, beta = weights.log_alpha, weights.alpha, weights.log_beta, weights.beta
     t_mu, t2_var, log_post = terms.t_mu, terms.t2_var, terms.log_post
     total = 0.0
     t = math.exp(sigma)
-    first = red.feature_start[k]
-    for f in range(first, red.feature_stop[k]):
+    first = reduction.feature_start[k]
+    for f in range(first, reduction.feature_stop[k]):
         j = f - first
         nat = n_atoms[f]
         lphi = -np.inf
@@ -222,19 +223,20 @@ def area_terms(method, red, s, k, sigma, weights, log_g, log_1mg, terms, factors
 
 
 @njit(cache=True, inline="always")
-def query_setup(red, A, B, B_self, s, k, store):
+def query_setup(reduction, A, B, B_self, s, k, store):
     """What one masked query's integrals share: (key weights, per-area work arrays, factor store,
     log c, log gamma, log(1 - gamma), and the t-grid's sigma offset, first x, number of nodes).
 
     A plain tuple, unpacked at once: a NamedTuple of arrays carried through the node loop costs
     ~25% of the kernel's time (measured)."""
-    weights, log_c, log_dmin, log_dmax = key_weights(red, A, B, B_self, s, k)
-    amax = red.atom_z.shape[1]
-    terms = new_area_terms(red.feature_stop[k] - red.feature_start[k], amax)
+    weights, log_c, log_dmin, log_dmax = key_weights(reduction, A, B, B_self, s, k)
+    amax = reduction.atom_z.shape[1]
+    terms = new_area_terms(reduction.feature_stop[k] - reduction.feature_start[k], amax)
     # the gradient and attention passes keep every key's factors; the loss needs sums only
-    factors = np.empty((red.other_keys.shape[0], amax, N_FACTORS)) if store else np.empty((1, 1, N_FACTORS))
+    factors = np.empty((reduction.other_keys.shape[0], amax, N_FACTORS)) if store else np.empty((1, 1, N_FACTORS))
     offset, x0, n = grid(log_dmin, log_dmax)
-    return weights, terms, factors, log_c, math.log(red.mask_ratio), math.log1p(-red.mask_ratio), offset, x0, n
+    gamma = reduction.mask_ratio
+    return weights, terms, factors, log_c, math.log(gamma), math.log1p(-gamma), offset, x0, n
 
 
 @njit(cache=True, inline="always")
@@ -247,38 +249,38 @@ def _sum_e2(terms):
 
 # ---- one query: the three integrals -----------------------------------------------------------
 @njit(cache=True)
-def query_loss(method, red, A, B, B_self, s, k):
+def query_loss(method, reduction, A, B, B_self, s, k):
     """Expected loss of a masked query of class s in cluster k."""
-    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(red, A, B, B_self, s, k, False)
-    j0 = red.key_feature[k, s] - red.feature_start[k]
+    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    j0 = reduction.key_feature[k, s] - reduction.feature_start[k]
     integral = 0.0
     for i in range(n):
         sigma, h = node(offset, x0, i)
-        sum_log_phi = area_terms(method, red, s, k, sigma, weights, log_g, log_1mg, terms, factors, False)
+        sum_log_phi = area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, False)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
         if G == 0.0:
             continue
         integrand = G * (-terms.e1[j0] + 0.5 * _sum_e2(terms))
         integral += h * integrand
-    return 0.5 * red.mean_z2[red.key_feature[k, s]] + integral
+    return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral
 
 
 @njit(cache=True)
-def query_loss_grad(method, red, A, B, B_self, s, k, grad_A_row, grad_B_row):
+def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
     """Expected loss of a masked query (class s, cluster k) and its derivatives.
 
     Adds d loss / d A[s, f] to ``grad_A_row`` (F,) and d loss / d B[s, r], summed over the keys
     of class r, to ``grad_B_row`` (S,); returns (loss, d loss / d B_self[s]).
     """
-    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(red, A, B, B_self, s, k, True)
-    first = red.feature_start[k]
-    j0 = red.key_feature[k, s] - first
+    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    first = reduction.feature_start[k]
+    j0 = reduction.key_feature[k, s] - first
     integral = 0.0
     d_self = 0.0
     for i in range(n):
         sigma, h = node(offset, x0, i)
-        sum_log_phi = area_terms(method, red, s, k, sigma, weights, log_g, log_1mg, terms, factors, True)
+        sum_log_phi = area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, True)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
         if G == 0.0:
@@ -288,24 +290,24 @@ def query_loss_grad(method, red, A, B, B_self, s, k, grad_A_row, grad_B_row):
         integral += h * integrand
         d_self -= h * tc * integrand                     # d/d log c of G is -tc G
         # a parameter acting on area j moves its factors: product rule over log Phi_j, t mu, t^2 var
-        for f in range(first, red.feature_stop[k]):
+        for f in range(first, reduction.feature_stop[k]):
             j = f - first
             own = j == j0
             c_phi = 0.5 * (s2 - terms.e2[j]) - (0.0 if own else terms.e1[j0])
             c1 = -1.0 if own else 0.0
-            for a in range(red.n_atoms[f]):
+            for a in range(reduction.n_atoms[f]):
                 wa = h * G * math.exp(terms.log_post[j, a])
                 if wa == 0.0:
                     continue
-                z = red.atom_z[f, a]
+                z = reduction.atom_z[f, a]
                 tm = terms.t_mu[j, a]
                 cl = c_phi + c1 * z * tm + 0.5 * (tm * tm + terms.t2_var[j, a])
                 cm = z * (c1 * z + tm)
                 cv = 0.5 * z * z
                 acc_a = 0.0
-                for ii in range(red.area_start[f], red.area_stop[f]):
-                    r = red.keys_by_area[k, ii]
-                    m = red.other_keys[s, r]
+                for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+                    r = reduction.keys_by_area[k, ii]
+                    m = reduction.other_keys[s, r]
                     if m <= 0.0:
                         continue
                     ga = cl * factors[r, a, D_LOG_PHI_A] + cm * factors[r, a, D_MEAN_A] + cv * factors[r, a, D_VAR_A]
@@ -313,33 +315,33 @@ def query_loss_grad(method, red, A, B, B_self, s, k, grad_A_row, grad_B_row):
                     grad_B_row[r] += wa * m * (ga + gb)
                     acc_a += m * ga
                 grad_A_row[f] += wa * z * acc_a
-    return 0.5 * red.mean_z2[red.key_feature[k, s]] + integral, d_self
+    return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self
 
 
 @njit(cache=True)
-def query_attention(method, red, A, B, B_self, s, k, unmasked_row, masked_row):
+def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_row):
     """Expected attention of a masked query (class s, cluster k).
 
     Adds the expected mass on the unmasked (``unmasked_row``) and masked (``masked_row``) keys of
     every class, summed over the keys of the class, and returns the mass on the query itself.
     """
-    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(red, A, B, B_self, s, k, True)
+    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
     on_self = 0.0
     for i in range(n):
         sigma, h = node(offset, x0, i)
-        sum_log_phi = area_terms(method, red, s, k, sigma, weights, log_g, log_1mg, terms, factors, True)
+        sum_log_phi = area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, True)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
         if G == 0.0:
             continue
         on_self += h * G * tc                            # E[c / D] = int G t c d sigma
-        for f in range(red.feature_start[k], red.feature_stop[k]):
-            j = f - red.feature_start[k]
-            for a in range(red.n_atoms[f]):
+        for f in range(reduction.feature_start[k], reduction.feature_stop[k]):
+            j = f - reduction.feature_start[k]
+            for a in range(reduction.n_atoms[f]):
                 wa = h * G * math.exp(terms.log_post[j, a])
-                for ii in range(red.area_start[f], red.area_stop[f]):
-                    r = red.keys_by_area[k, ii]
-                    m = red.other_keys[s, r]
+                for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+                    r = reduction.keys_by_area[k, ii]
+                    m = reduction.other_keys[s, r]
                     if m > 0.0:
                         unmasked_row[r] += wa * m * factors[r, a, MEAN]
                         masked_row[r] += wa * m * factors[r, a, MASKED]
@@ -348,61 +350,61 @@ def query_attention(method, red, A, B, B_self, s, k, unmasked_row, masked_row):
 
 # ---- mean field with point-mass amplitudes: the SymPy closed form, no integral ----------------
 @njit(cache=True)
-def meanfield_shares(red, A, B, B_self, s, k):
+def meanfield_shares(reduction, A, B, B_self, s, k):
     """log D and the area shares a_j = N_j / D of a query with every count at its mean."""
-    S = red.other_keys.shape[0]
-    gamma = red.mask_ratio
+    S = reduction.other_keys.shape[0]
+    gamma = reduction.mask_ratio
     log_d = B_self[s]
     for r in range(S):
-        m = red.other_keys[s, r]
+        m = reduction.other_keys[s, r]
         if m <= 0.0:
             continue
-        f = red.key_feature[k, r]
-        la = B[s, r] + red.atom_z[f, 0] * A[s, f]
+        f = reduction.key_feature[k, r]
+        la = B[s, r] + reduction.atom_z[f, 0] * A[s, f]
         log_d = logaddexp(log_d, math.log(m) + logaddexp(math.log(gamma) + B[s, r], math.log1p(-gamma) + la))
-    first = red.feature_start[k]
-    share = np.zeros(red.feature_stop[k] - first)
-    for f in range(first, red.feature_stop[k]):
+    first = reduction.feature_start[k]
+    share = np.zeros(reduction.feature_stop[k] - first)
+    for f in range(first, reduction.feature_stop[k]):
         acc = 0.0
-        for i in range(red.area_start[f], red.area_stop[f]):
-            r = red.keys_by_area[k, i]
-            m = red.other_keys[s, r]
+        for i in range(reduction.area_start[f], reduction.area_stop[f]):
+            r = reduction.keys_by_area[k, i]
+            m = reduction.other_keys[s, r]
             if m > 0.0:
-                acc += m * (1.0 - gamma) * math.exp(B[s, r] + red.atom_z[f, 0] * A[s, f] - log_d)
-        share[f - first] = red.atom_z[f, 0] * acc
+                acc += m * (1.0 - gamma) * math.exp(B[s, r] + reduction.atom_z[f, 0] * A[s, f] - log_d)
+        share[f - first] = reduction.atom_z[f, 0] * acc
     return log_d, share
 
 
 @njit(cache=True)
-def _meanfield_terms(red, share, s, k):
+def _meanfield_terms(reduction, share, s, k):
     s2 = 0.0
     for j in range(share.size):
         s2 += share[j] * share[j]
-    f0 = red.key_feature[k, s]
-    return meanfield_query_terms(red.atom_z[f0, 0], share[f0 - red.feature_start[k]], s2)
+    f0 = reduction.key_feature[k, s]
+    return meanfield_query_terms(reduction.atom_z[f0, 0], share[f0 - reduction.feature_start[k]], s2)
 
 
 @njit(cache=True)
-def closed_form_loss(red, A, B, B_self, s, k):
+def closed_form_loss(reduction, A, B, B_self, s, k):
     """Mean-field query loss for point-mass amplitudes."""
-    _, share = meanfield_shares(red, A, B, B_self, s, k)
-    return _meanfield_terms(red, share, s, k)[0]
+    _, share = meanfield_shares(reduction, A, B, B_self, s, k)
+    return _meanfield_terms(reduction, share, s, k)[0]
 
 
 @njit(cache=True)
-def closed_form_loss_grad(red, A, B, B_self, s, k, grad_A_row, grad_B_row):
+def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
     """Mean-field query loss and its derivatives (as ``query_loss_grad``), point masses."""
-    log_d, share = meanfield_shares(red, A, B, B_self, s, k)
-    loss, d_dd, d_dn_own = _meanfield_terms(red, share, s, k)
-    gamma = red.mask_ratio
-    f0 = red.key_feature[k, s]
-    first = red.feature_start[k]
-    for r in range(red.other_keys.shape[0]):
-        m = red.other_keys[s, r]
+    log_d, share = meanfield_shares(reduction, A, B, B_self, s, k)
+    loss, d_dd, d_dn_own = _meanfield_terms(reduction, share, s, k)
+    gamma = reduction.mask_ratio
+    f0 = reduction.key_feature[k, s]
+    first = reduction.feature_start[k]
+    for r in range(reduction.other_keys.shape[0]):
+        m = reduction.other_keys[s, r]
         if m <= 0.0:
             continue
-        f = red.key_feature[k, r]
-        z = red.atom_z[f, 0]
+        f = reduction.key_feature[k, r]
+        z = reduction.atom_z[f, 0]
         d_dn = d_dn_own if f == f0 else meanfield_other_share_grad(share[f - first])
         pa = m * (1.0 - gamma) * math.exp(B[s, r] + z * A[s, f] - log_d)   # alpha-share
         pb = m * gamma * math.exp(B[s, r] - log_d)                          # beta-share
@@ -414,22 +416,22 @@ def closed_form_loss_grad(red, A, B, B_self, s, k, grad_A_row, grad_B_row):
 
 # ---- the population: every query class (in parallel) and every cluster -------------------------
 @njit(cache=True, parallel=True)
-def population_loss(method, red, A, B, B_self, closed_form):
+def population_loss(method, reduction, A, B, B_self, closed_form):
     """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s]."""
-    S = red.other_keys.shape[0]
+    S = reduction.other_keys.shape[0]
     losses = np.zeros(S)
     for s in prange(S):
-        for k in range(red.cluster_prob.size):
+        for k in range(reduction.cluster_prob.size):
             if closed_form:
-                loss = closed_form_loss(red, A, B, B_self, s, k)
+                loss = closed_form_loss(reduction, A, B, B_self, s, k)
             else:
-                loss = query_loss(method, red, A, B, B_self, s, k)
-            losses[s] += red.cluster_prob[k] * red.mask_ratio * red.class_size[s] * loss
+                loss = query_loss(method, reduction, A, B, B_self, s, k)
+            losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
     return losses.sum()
 
 
 @njit(cache=True, parallel=True)
-def population_loss_grad(method, red, A, B, B_self, closed_form):
+def population_loss_grad(method, reduction, A, B, B_self, closed_form):
     """L and its per-entry gradient (dA (S, F), dB (S, S), dB_self (S,)).
 
     dB[s, s] is the derivative for one off-diagonal entry B[p, q] with p != q both in class s.
@@ -443,26 +445,26 @@ def population_loss_grad(method, red, A, B, B_self, closed_form):
     for s in prange(S):
         grad_A_row = np.zeros(F)
         grad_B_row = np.zeros(S)
-        for k in range(red.cluster_prob.size):
+        for k in range(reduction.cluster_prob.size):
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
             if closed_form:
-                loss, d_self = closed_form_loss_grad(red, A, B, B_self, s, k, grad_A_row, grad_B_row)
+                loss, d_self = closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
             else:
-                loss, d_self = query_loss_grad(method, red, A, B, B_self, s, k, grad_A_row, grad_B_row)
-            weight = red.cluster_prob[k] * red.mask_ratio
-            losses[s] += weight * red.class_size[s] * loss
+                loss, d_self = query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            weight = reduction.cluster_prob[k] * reduction.mask_ratio
+            losses[s] += weight * reduction.class_size[s] * loss
             gS[s] += weight * d_self
             for f in range(F):
                 gA[s, f] += weight * grad_A_row[f]
             for r in range(S):
-                if red.other_keys[s, r] > 0.0:
-                    gB[s, r] += weight * grad_B_row[r] / red.other_keys[s, r]
+                if reduction.other_keys[s, r] > 0.0:
+                    gB[s, r] += weight * grad_B_row[r] / reduction.other_keys[s, r]
     return losses.sum(), gA, gB, gS
 
 
 @njit(cache=True, parallel=True)
-def attention_by_class(method, red, A, B, B_self):
+def attention_by_class(method, reduction, A, B, B_self):
     """Expected attention of a masked query on every key class, per cluster.
 
     Returns (unmasked (K, S, S), masked (K, S, S), on_self (K, S)): for a masked query of class s
@@ -470,11 +472,11 @@ def attention_by_class(method, red, A, B, B_self):
     itself, summed over those keys, and on itself. Each row sums to one.
     """
     S = A.shape[0]
-    K = red.cluster_prob.size
+    K = reduction.cluster_prob.size
     unmasked = np.zeros((K, S, S))
     masked = np.zeros((K, S, S))
     on_self = np.zeros((K, S))
     for s in prange(S):
         for k in range(K):
-            on_self[k, s] = query_attention(method, red, A, B, B_self, s, k, unmasked[k, s], masked[k, s])
+            on_self[k, s] = query_attention(method, reduction, A, B, B_self, s, k, unmasked[k, s], masked[k, s])
     return unmasked, masked, on_self

@@ -20,10 +20,10 @@ def area_oracle_loss(model: DataModel) -> float:
     >>> area_oracle_loss(presets.balanced(P=16, mask_ratio=0.5)) == 16 * 0.5**4 / 2
     True
     """
-    g = model.mask_ratio
+    gamma = model.mask_ratio
     total = 0.0
     for k, cl in enumerate(model.clusters):
         C = cl.area_sizes()[cl.areas]
         ez2 = np.array([a.moment2() for a in cl.amplitudes])[cl.areas]
-        total += model.probs[k] * np.sum(g ** C * 0.5 * ez2)
+        total += model.probs[k] * np.sum(gamma ** C * 0.5 * ez2)
     return float(total)

@@ -32,18 +32,18 @@ def _closed_form(reduction: Reduction, method: str) -> bool:
 
 def loss(state: State, method: str = "exact") -> float:
     """Population loss of a single-time state."""
-    red = state.reduction
-    return float(kernels.population_loss(kernels.METHODS[check_method(method)], red, state.A_classes,
-                                         state.B_classes, state.B_self, _closed_form(red, method)))
+    reduction = state.reduction
+    return float(kernels.population_loss(kernels.METHODS[check_method(method)], reduction, state.A_classes,
+                                         state.B_classes, state.B_self, _closed_form(reduction, method)))
 
 
 def loss_and_gradient(state: State, method: str = "exact") -> tuple[float, State]:
     """Population loss and its per-entry gradient, as a State of derivatives."""
-    red = state.reduction
-    value, gA, gB, gS = kernels.population_loss_grad(kernels.METHODS[check_method(method)], red,
+    reduction = state.reduction
+    value, gA, gB, gS = kernels.population_loss_grad(kernels.METHODS[check_method(method)], reduction,
                                                      state.A_classes, state.B_classes, state.B_self,
-                                                     _closed_form(red, method))
-    return float(value), State(red, gA, gB, gS)
+                                                     _closed_form(reduction, method))
+    return float(value), State(reduction, gA, gB, gS)
 
 
 class ClassAttention(NamedTuple):
@@ -86,11 +86,11 @@ def attention_maps(state: State, method: str = "exact", part: str = "total", clu
     choice("part", part, ("total", "unmasked", "masked"))
     att = attention_by_class(state, method)
     per_class = {"total": att.unmasked + att.masked, "unmasked": att.unmasked, "masked": att.masked}[part]
-    red = state.reduction
-    clusters = range(red.n_clusters) if clusters is None else clusters
+    reduction = state.reduction
+    clusters = range(reduction.n_clusters) if clusters is None else clusters
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_key = np.where(red.other_keys > 0, per_class / red.other_keys, 0.0)
-    c = red.class_of
+        per_key = np.where(reduction.other_keys > 0, per_class / reduction.other_keys, 0.0)
+    c = reduction.class_of
     idx = np.arange(c.size)
     out = np.empty((len(clusters), c.size, c.size))
     for i, k in enumerate(clusters):

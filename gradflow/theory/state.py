@@ -57,15 +57,15 @@ class State:
         P, F = model.n_patches, model.n_features
         A = real_array("A", A, (P, F))
         B = real_array("B", B, (P, P))
-        red = position_reduction(model)
-        zmax = np.where(np.isfinite(red.atom_log_weight), red.atom_z, 0.0).max(axis=1)
+        reduction = position_reduction(model)
+        zmax = np.where(np.isfinite(reduction.atom_log_weight), reduction.atom_z, 0.0).max(axis=1)
         span = (np.abs(B).max() if B.size else 0.0) + (np.abs(A) * zmax[None, :]).max()
         if span > LOG_WEIGHT_LIMIT:
             raise InvalidInputError(f"A, B are too large: attention scores |B| + z |A| reach {span:.3g} "
                                     f"(limit {LOG_WEIGHT_LIMIT:g})")
         B_off = B.copy()
         np.fill_diagonal(B_off, 0.0)
-        return cls(red, A, B_off, np.ascontiguousarray(np.diag(B)))
+        return cls(reduction, A, B_off, np.ascontiguousarray(np.diag(B)))
 
     # ---- views -----------------------------------------------------------------------------
     def flat(self) -> np.ndarray:
