@@ -21,21 +21,16 @@ HEADER = '''"""Expressions derived by SymPy in derivations/derive.py. GENERATED 
 Do not edit: change derive.py and rerun ``python derivations/generate.py``. The variables are
 those of docs/model.md section 4 made dimensionless: ta = t*alpha, tb = t*beta for one key
 class; g = mask ratio; u, w = 1-u the tilted unmasked/masked probabilities of that key.
-Key-factor functions return (L, M, V, Qm, dL_a, dL_b, dM_a, dM_b, dV_a, dV_b): log phi, the
-tilted mean ta*u, variance ta^2*u*w, masked mass tb*w, and their derivatives along log alpha (_a)
-and log beta (_b); the constants below name their positions.
+Per key: ``*_key_moments`` return (M, V, Qm), the tilted unmasked mean ta*u, variance
+ta^2*u*w and masked mass tb*w; ``*_key_derivatives`` return (dL_a, dL_b, dM_a, dM_b, dV_a, dV_b),
+the derivatives of log phi, M and V along log alpha (_a) and log beta (_b). The kernels compute
+u and w (and log phi) themselves, in a form that cannot overflow. ``exact_key_factors`` returns
+all ten at once from (ta, tb) (a reference and the benchmarks' loop).
 """
 import math
 
 from numba import njit
-
-# positions of the key factors in the tuples the key-factor functions return
-{constants}
-N_FACTORS = {n_factors}
 '''
-
-FACTOR_NAMES = ("LOG_PHI", "MEAN", "VAR", "MASKED", "D_LOG_PHI_A", "D_LOG_PHI_B", "D_MEAN_A", "D_MEAN_B",
-                "D_VAR_A", "D_VAR_B")
 
 # log phi and u, w from the stable logistic form; the rest of the exact factors are SymPy's
 EXACT_PRIMITIVES = '''    # stable primitives (hand-written): phi = g e^{-tb} + (1-g) e^{-ta} in log space
@@ -74,22 +69,38 @@ def _function(name, args, doc, pairs, outputs, pre=""):
             f"{_body(pairs)}    return {ret}\n")
 
 
+def _inline_function(name, args, doc, pairs, outputs):
+    """Like _function, inlined into the kernels' loops (no call, no tuple)."""
+    return _function(name, args, doc, pairs, outputs).replace("@njit(cache=True)", '@njit(cache=True, inline="always")')
+
+
 def render() -> str:
     exact = dict(derive.key_factors_exact())
     exact_pairs = [(n, exact[n]) for n in KEY_OUTPUTS if n != "L"]
     mf = dict(derive.key_factors_meanfield())
-    mf_pairs = [(n, mf[n]) for n in KEY_OUTPUTS]
     query = derive.meanfield_query()
-    constants = "\n".join(f"{name} = {i}" for i, name in enumerate(FACTOR_NAMES))
-    text = HEADER.format(constants=constants, n_factors=len(FACTOR_NAMES))
+    text = HEADER
     text += _function(
         "exact_key_factors", ["ta", "tb", "g", "log_g", "log_1mg"],
         "Exact per-key factors: one key masked w.p. g (weight beta) or not (weight alpha).",
         exact_pairs, KEY_OUTPUTS, pre=EXACT_PRIMITIVES)
-    text += _function(
-        "meanfield_key_factors", ["ta", "tb", "g", "log_g", "log_1mg"],
-        "Mean-field per-key factors: the key's count replaced by its mean.",
-        mf_pairs, KEY_OUTPUTS)
+    moments, derivatives = KEY_OUTPUTS[1:4], KEY_OUTPUTS[4:]
+    text += _inline_function(
+        "exact_key_moments", ["ta", "tb", "u", "w", "g"],
+        "Exact tilted moments of one key: (M, V, Qm) from its tilted probabilities u, w = 1 - u.",
+        [(n, exact[n]) for n in moments], moments)
+    text += _inline_function(
+        "exact_key_derivatives", ["ta", "tb", "u", "w", "g"],
+        "Exact derivatives of (log phi, M, V) along log alpha and log beta.",
+        [(n, exact[n]) for n in derivatives], derivatives)
+    text += _inline_function(
+        "meanfield_key_moments", ["ta", "tb", "u", "w", "g"],
+        "Mean-field moments of one key: its count replaced by its mean (u, w unused).",
+        [(n, mf[n]) for n in moments], moments)
+    text += _inline_function(
+        "meanfield_key_derivatives", ["ta", "tb", "u", "w", "g"],
+        "Mean-field derivatives of (log phi, M, V) along log alpha and log beta (u, w unused).",
+        [(n, mf[n]) for n in derivatives], derivatives)
     text += _function(
         "meanfield_query_terms", ["z0", "a0", "S2"],
         "Mean-field query loss for fixed amplitudes, D dl/dD and D dl/dN_own, in shares a_j = N_j/D.",

@@ -18,8 +18,7 @@ from ..flow.solver import solve
 from ..io import atomic_path, check_output_path
 from ..model import Amplitude, Cluster, DataModel
 from ..model.presets import global_local
-from ..theory._generated import exact_key_factors
-from ..theory.kernels import key_weights
+from ..theory.kernels import EXACT, key_derivatives, key_moments, key_primitives, query_keys
 from ..theory.population import population_grad
 from ..theory.quadrature import grid
 from ..theory.reduction import position_reduction
@@ -28,7 +27,7 @@ from ..training.sgd import train_transformer
 from . import references
 from .comparison import compare
 
-FLOPS_PER_FACTOR = 40   # arithmetic of one exact key-factor evaluation (2 exp/log1p counted as 1 each)
+FLOPS_PER_FACTOR = 40   # arithmetic of one key evaluation: primitives, moments, derivatives (exp as 1)
 
 
 def best_time(fn, repeat=5, budget=2.0, warm=True):
@@ -60,7 +59,7 @@ def _count_factor_evals(reduction, A, B, B_self):
     total = 0
     for k in range(reduction.cluster_prob.size):
         for s in range(S):
-            _, _, lo, hi = key_weights(reduction, A, B, B_self, s, k)
+            _, _, lo, hi = query_keys(reduction, A, B, B_self, s, k)
             n = grid(lo, hi)[2]
             per_node = 0
             for r in range(S):
@@ -72,13 +71,16 @@ def _count_factor_evals(reduction, A, B, B_self):
 
 @njit(cache=True)
 def _factor_peak(n):
-    """The same arithmetic in a tight loop with no memory traffic: the loop shape's ceiling."""
+    """The kernel's per-key arithmetic (primitives, moments, derivatives) in a tight loop with no
+    memory traffic: the loop shape's ceiling on one core."""
     acc = 0.0
-    lg, l1g = math.log(0.5), math.log(0.5)
     for i in range(n):
         ta = 0.001 * (i % 997) + 0.01
-        out = exact_key_factors(ta, 1.3 * ta, 0.5, lg, l1g)
-        acc += out[0] + out[1] + out[2] + out[4] + out[5] + out[6] + out[7] + out[8] + out[9]
+        tb = 1.3 * ta
+        shift, psi, u, w = key_primitives(EXACT, ta, tb, 0.5, 0.5)
+        mean, var, masked = key_moments(EXACT, ta, tb, u, w, 0.5)
+        d = key_derivatives(EXACT, ta, tb, u, w, 0.5)
+        acc += shift + psi + mean + var + masked + d[0] + d[1] + d[2] + d[3] + d[4] + d[5]
     return acc
 
 

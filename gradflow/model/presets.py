@@ -6,6 +6,7 @@ and ``phase_scaling`` all go through it, and options a preset does not have are 
 ``global_local``: one dominant global area and a few small compact local areas (the paper's
 global and local features). ``balanced``: the grid tiled by equal rectangles. Both have a number
 of signature classes that does not depend on P (for ``balanced``: at a fixed number of areas).
+``voronoi``: irregular Voronoi layouts, many clusters, hundreds of classes at ViT grid sizes.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from .._validate import choice, fmt, positive_int, suggest
+from .._validate import choice, fmt, nonnegative_int, positive_int, real, suggest
 from ..errors import InvalidInputError
+from .amplitude import Amplitude
 from .datamodel import Cluster, DataModel
 
 
@@ -162,7 +164,70 @@ def balanced(P: int | None = None, area_shape=None, mask_ratio: float = 0.5, n_c
     return DataModel(grid=(H, W), clusters=clusters, mask_ratio=mask_ratio)
 
 
-PRESETS: dict[str, Callable[..., DataModel]] = {"global_local": global_local, "balanced": balanced}
+def voronoi(P: int | None = None, n_regions: int = 8, n_clusters: int = 16, mask_ratio: float = 0.5,
+            amplitudes="mixed", seed: int = 0, grid=None, random_fraction: float = 0.3, probs=None) -> DataModel:
+    """Irregular layouts: every cluster cuts the grid into ``n_regions`` Voronoi regions.
+
+    Each cluster draws ``n_regions`` distinct seed patches and gives every patch the label of the
+    nearest seed (Euclidean distance on the grid, ties to the lower label), so that regions have
+    irregular shapes and sizes and the clusters' layouts overlap into many signature classes: a
+    model of the size of a ViT patch grid with S in the hundreds.
+
+    Parameters
+    ----------
+    P : int, optional
+        Number of patches on the most square grid; default 196 (14 x 14, the ViT-B/16 grid).
+    n_regions, n_clusters : int
+        Regions (areas) per cluster, and clusters (layouts).
+    amplitudes : "mixed", "unit", Amplitude or mapping
+        "mixed" (default): each area independently, with probability ``random_fraction``, has
+        a uniform amplitude on [0.5, 1.5] (8 Gauss-Legendre atoms), else z = 1; "unit": z = 1
+        everywhere; an Amplitude or a mapping is passed to every Cluster.
+    seed : int
+        Seeds the layouts and the choice of random-amplitude areas: same seed, same model.
+    grid : (int, int), optional
+        The grid itself (overrides P).
+
+    Examples
+    --------
+    >>> m = voronoi(grid=(14, 14), n_clusters=16, n_regions=8, seed=0)
+    >>> m.n_patches, m.n_features
+    (196, 128)
+    """
+    if grid is None:
+        H, W = square_grid(196 if P is None else P)
+    else:
+        H, W = DataModel._check_grid(grid)
+        if P is not None and P != H * W:
+            raise InvalidInputError(f"P must equal H*W of grid {grid!r}, got {P!r}")
+    n_regions = positive_int("n_regions", n_regions)
+    K = positive_int("n_clusters", n_clusters)
+    if n_regions > H * W:
+        raise InvalidInputError(f"n_regions must be at most P = {H * W}, got {n_regions}")
+    random_fraction = real("random_fraction", random_fraction, low=0.0, high=1.0)
+    rng = np.random.default_rng(nonnegative_int("seed", seed))
+    probs = _cluster_probs(probs, K)
+    rr, cc = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    cells = np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.float64)
+    uniform = Amplitude.uniform(0.5, 1.5, 8)
+    clusters = []
+    for k in range(K):
+        seeds = cells[rng.choice(H * W, size=n_regions, replace=False)]
+        dist = ((cells[:, None, :] - seeds[None, :, :]) ** 2).sum(axis=-1)
+        labels = np.argmin(dist, axis=1)
+        if isinstance(amplitudes, str):
+            choice("amplitudes", amplitudes, ("mixed", "unit"))
+            amps = None
+            if amplitudes == "mixed":
+                amps = {j: uniform for j in range(n_regions) if rng.random() < random_fraction}
+        else:
+            amps = amplitudes
+        clusters.append(Cluster(labels.reshape(H, W), prob=probs[k], amplitudes=amps))
+    return DataModel(grid=(H, W), clusters=clusters, mask_ratio=mask_ratio)
+
+
+PRESETS: dict[str, Callable[..., DataModel]] = {"global_local": global_local, "balanced": balanced,
+                                                "voronoi": voronoi}
 
 
 def preset_options(name: str) -> list[str]:

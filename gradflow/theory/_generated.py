@@ -3,26 +3,15 @@
 Do not edit: change derive.py and rerun ``python derivations/generate.py``. The variables are
 those of docs/model.md section 4 made dimensionless: ta = t*alpha, tb = t*beta for one key
 class; g = mask ratio; u, w = 1-u the tilted unmasked/masked probabilities of that key.
-Key-factor functions return (L, M, V, Qm, dL_a, dL_b, dM_a, dM_b, dV_a, dV_b): log phi, the
-tilted mean ta*u, variance ta^2*u*w, masked mass tb*w, and their derivatives along log alpha (_a)
-and log beta (_b); the constants below name their positions.
+Per key: ``*_key_moments`` return (M, V, Qm), the tilted unmasked mean ta*u, variance
+ta^2*u*w and masked mass tb*w; ``*_key_derivatives`` return (dL_a, dL_b, dM_a, dM_b, dV_a, dV_b),
+the derivatives of log phi, M and V along log alpha (_a) and log beta (_b). The kernels compute
+u and w (and log phi) themselves, in a form that cannot overflow. ``exact_key_factors`` returns
+all ten at once from (ta, tb) (a reference and the benchmarks' loop).
 """
 import math
 
 from numba import njit
-
-# positions of the key factors in the tuples the key-factor functions return
-LOG_PHI = 0
-MEAN = 1
-VAR = 2
-MASKED = 3
-D_LOG_PHI_A = 4
-D_LOG_PHI_B = 5
-D_MEAN_A = 6
-D_MEAN_B = 7
-D_VAR_A = 8
-D_VAR_B = 9
-N_FACTORS = 10
 
 
 @njit(cache=True)
@@ -58,23 +47,51 @@ def exact_key_factors(ta, tb, g, log_g, log_1mg):
     return L, M, V, Qm, dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
 
 
-@njit(cache=True)
-def meanfield_key_factors(ta, tb, g, log_g, log_1mg):
-    """Mean-field per-key factors: the key's count replaced by its mean."""
-    _x0 = g*tb
-    _x1 = ta*(g - 1)
-    _x2 = -_x1
-    L = -_x0 - _x2
-    M = _x2
+@njit(cache=True, inline="always")
+def exact_key_moments(ta, tb, u, w, g):
+    """Exact tilted moments of one key: (M, V, Qm) from its tilted probabilities u, w = 1 - u."""
+    M = ta*u
+    V = ta**2*u*w
+    Qm = tb*w
+    return M, V, Qm
+
+
+@njit(cache=True, inline="always")
+def exact_key_derivatives(ta, tb, u, w, g):
+    """Exact derivatives of (log phi, M, V) along log alpha and log beta."""
+    _x0 = ta*u
+    _x1 = tb*w
+    _x2 = ta*w
+    _x3 = ta**2*u
+    dL_a = -_x0
+    dL_b = -_x1
+    dM_a = -_x0*(_x2 - 1)
+    dM_b = _x0*_x1
+    dV_a = _x3*w*(-2*_x2 + ta + 2)
+    dV_b = _x1*_x3*(2*w - 1)
+    return dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
+
+
+@njit(cache=True, inline="always")
+def meanfield_key_moments(ta, tb, u, w, g):
+    """Mean-field moments of one key: its count replaced by its mean (u, w unused)."""
+    M = -ta*(g - 1)
     V = 0.0
-    Qm = _x0
-    dL_a = _x1
-    dL_b = -_x0
-    dM_a = _x2
+    Qm = g*tb
+    return M, V, Qm
+
+
+@njit(cache=True, inline="always")
+def meanfield_key_derivatives(ta, tb, u, w, g):
+    """Mean-field derivatives of (log phi, M, V) along log alpha and log beta (u, w unused)."""
+    _x0 = ta*(g - 1)
+    dL_a = _x0
+    dL_b = -g*tb
+    dM_a = -_x0
     dM_b = 0.0
     dV_a = 0.0
     dV_b = 0.0
-    return L, M, V, Qm, dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
+    return dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
 
 
 @njit(cache=True)

@@ -14,9 +14,12 @@ and with t = e^sigma on the grid of ``quadrature``, per area j and atom a,
     G         = e^{-t c} prod_j Phi_j
     E[loss]   = 1/2 E z0^2 + int G ( -E1_{j0} + 1/2 sum_j E2_j ) d sigma.
 
-The per-key factors (log phi, t mu, t^2 var, the masked mass and their derivatives along
-log alpha and log beta) come from ``_generated`` (SymPy) and are stored and read by name
-(``LOG_PHI``, ``MEAN``, ...). Everything is in log space; nothing over- or underflows.
+Per key, ``key_primitives`` gives log phi = log psi - shift in a form that needs one exp and
+cannot overflow, and the tilted probabilities u, w = 1 - u; the moments (t mu, t^2 var, the
+masked mass) and their derivatives along log alpha and log beta are SymPy's (``_generated``),
+written in (ta, tb, u, w). Per node only (ta, tb, u, w) of every key are stored (``TA``, ``TB``,
+``U``, ``W``) for the gradient and attention passes. Logs of products, never products of large
+numbers: nothing over- or underflows.
 Gradients returned are per entry of the per-position matrices (the derivative of L with respect
 to one A[p, f] or B[p, q]).
 """
@@ -28,37 +31,30 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ._generated import (
-    D_LOG_PHI_A,
-    D_LOG_PHI_B,
-    D_MEAN_A,
-    D_MEAN_B,
-    D_VAR_A,
-    D_VAR_B,
-    LOG_PHI,
-    MASKED,
-    MEAN,
-    N_FACTORS,
-    VAR,
-    exact_key_factors,
-    meanfield_key_factors,
-    meanfield_other_share_grad,
-    meanfield_query_terms,
-)
-from .quadrature import T_CAP, grid, node
+from ._generated import (exact_key_derivatives, exact_key_moments, meanfield_key_derivatives,
+                         meanfield_key_moments, meanfield_other_share_grad, meanfield_query_terms)
+from .quadrature import G_STOP, T_CAP, grid, node
 
 EXACT = 0
 MEANFIELD = 1
 METHODS = {"exact": EXACT, "meanfield": MEANFIELD}
 
 
-class KeyWeights(NamedTuple):
-    """Log weights of every key class seen by one query (and their safe linear values)."""
+class QueryKeys(NamedTuple):
+    """The keys one masked query sees, contiguous in area order (built once per query).
 
-    log_alpha: np.ndarray    # (S, Amax) unmasked, per atom of the key's area
-    log_beta: np.ndarray     # (S,) masked
-    alpha: np.ndarray        # (S, Amax) e^{log_alpha} where safely finite, else 0
-    beta: np.ndarray         # (S,)
+    Only key classes with m' > 0 appear; keys of area j of the query's cluster are
+    ``bounds[j]`` .. ``bounds[j + 1] - 1``. Linear weights are 0 where e^{log weight} is not
+    safely finite, which sends ``_scaled`` to its log-space branch.
+    """
+
+    key_class: np.ndarray    # (R,) int64: the class r of key i
+    key_m: np.ndarray        # (R,) m'_r
+    log_beta: np.ndarray     # (R,) masked log weight B[s, r]
+    beta: np.ndarray         # (R,)
+    log_alpha: np.ndarray    # (Amax, R) unmasked log weight B[s, r] + z_a A[s, f(r)], per atom
+    alpha: np.ndarray        # (Amax, R)
+    bounds: np.ndarray       # (N + 1,) int64
 
 
 class AreaTerms(NamedTuple):
@@ -73,12 +69,48 @@ class AreaTerms(NamedTuple):
 
 
 # ---- scalar helpers ---------------------------------------------------------------------------
-@njit(cache=True)
-def key_factors(method, ta, tb, g, log_g, log_1mg):
-    """The ten factors of one key (``_generated``) for the exact or the mean-field method."""
-    if method == EXACT:
-        return exact_key_factors(ta, tb, g, log_g, log_1mg)
-    return meanfield_key_factors(ta, tb, g, log_g, log_1mg)
+# what the kernels store per (key class, atom) at a node, for the gradient and attention passes
+TA, TB, U, W = 0, 1, 2, 3
+N_STORED = 4
+
+
+@njit(cache=True, inline="always")
+def key_primitives(method, ta, tb, gamma, one_minus_gamma):
+    """(shift, psi, u, w) of one key with log phi = psi_log = -shift + log psi.
+
+    Exact: phi = gamma e^{-tb} + (1-gamma) e^{-ta} = e^{-min(ta, tb)} psi with psi in
+    [min(gamma, 1-gamma), 1], so psi needs one exp and never under- or overflows; u and w = 1 - u
+    are the tilted probabilities of the unmasked and masked state, each from its own branch so
+    that neither loses relative precision. Mean field: log phi = -(gamma tb + (1-gamma) ta)
+    exactly (psi = 1) and the counts do not tilt (u = 1 - gamma, w = gamma).
+    """
+    if method == MEANFIELD:
+        return gamma * tb + one_minus_gamma * ta, 1.0, one_minus_gamma, gamma
+    if ta <= tb:
+        e = math.exp(ta - tb)
+        psi = one_minus_gamma + gamma * e
+        inv = 1.0 / psi
+        return ta, psi, one_minus_gamma * inv, gamma * e * inv
+    e = math.exp(tb - ta)
+    psi = gamma + one_minus_gamma * e
+    inv = 1.0 / psi
+    return tb, psi, one_minus_gamma * e * inv, gamma * inv
+
+
+@njit(cache=True, inline="always")
+def key_moments(method, ta, tb, u, w, gamma):
+    """(M, V, Qm): the key's tilted unmasked mean, variance and masked mass (SymPy's)."""
+    if method == MEANFIELD:
+        return meanfield_key_moments(ta, tb, u, w, gamma)
+    return exact_key_moments(ta, tb, u, w, gamma)
+
+
+@njit(cache=True, inline="always")
+def key_derivatives(method, ta, tb, u, w, gamma):
+    """(dL_a, dL_b, dM_a, dM_b, dV_a, dV_b) along log alpha and log beta (SymPy's)."""
+    if method == MEANFIELD:
+        return meanfield_key_derivatives(ta, tb, u, w, gamma)
+    return exact_key_derivatives(ta, tb, u, w, gamma)
 
 
 @njit(cache=True)
@@ -108,38 +140,51 @@ def _scaled(t, sigma, log_w, lin):
 
 # ---- one query: weights, grid, per-area sums --------------------------------------------------
 @njit(cache=True, inline="always")
-def key_weights(reduction, A, B, B_self, s, k):
-    """Log weights of every key class for query class s in cluster k.
+def query_keys(reduction, A, B, B_self, s, k):
+    """The keys of query class s in cluster k in area order, and the bounds of D.
 
-    Returns (KeyWeights, log c, log D_min, log D_max): the bounds of D over all masks and atoms
+    Returns (QueryKeys, log c, log D_min, log D_max): the bounds of D over all masks and atoms
     set the t-grid of the integrals.
     """
     S = reduction.other_keys.shape[0]
     amax = reduction.atom_z.shape[1]
-    w = KeyWeights(np.zeros((S, amax)), np.zeros(S), np.zeros((S, amax)), np.zeros(S))
+    first, stop = reduction.feature_start[k], reduction.feature_stop[k]
+    R = 0
+    for r in range(S):
+        if reduction.other_keys[s, r] > 0.0:
+            R += 1
+    keys = QueryKeys(np.empty(R, np.int64), np.empty(R), np.empty(R), np.empty(R), np.zeros((amax, R)),
+                     np.zeros((amax, R)), np.empty(stop - first + 1, np.int64))
     log_c = B_self[s]
     lo = log_c
     hi = log_c
-    for r in range(S):
-        m = reduction.other_keys[s, r]
-        if m <= 0.0:
-            continue
-        f = reduction.key_feature[k, r]
-        lb = B[s, r]
-        w.log_beta[r] = lb
-        w.beta[r] = _linear(lb)
-        amin = np.inf
-        amax_r = -np.inf
-        for a in range(reduction.n_atoms[f]):
-            la = lb + reduction.atom_z[f, a] * A[s, f]
-            w.log_alpha[r, a] = la
-            w.alpha[r, a] = _linear(la)
-            amin = min(amin, la)
-            amax_r = max(amax_r, la)
-        lm = math.log(m)
-        lo = logaddexp(lo, lm + min(lb, amin))
-        hi = logaddexp(hi, lm + max(lb, amax_r))
-    return w, log_c, lo, hi
+    i = 0
+    for f in range(first, stop):
+        keys.bounds[f - first] = i
+        for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+            r = reduction.keys_by_area[k, ii]
+            m = reduction.other_keys[s, r]
+            if m <= 0.0:
+                continue
+            lb = B[s, r]
+            keys.key_class[i] = r
+            keys.key_m[i] = m
+            keys.log_beta[i] = lb
+            keys.beta[i] = _linear(lb)
+            amin = np.inf
+            amax_r = -np.inf
+            for a in range(reduction.n_atoms[f]):
+                la = lb + reduction.atom_z[f, a] * A[s, f]
+                keys.log_alpha[a, i] = la
+                keys.alpha[a, i] = _linear(la)
+                amin = min(amin, la)
+                amax_r = max(amax_r, la)
+            lm = math.log(m)
+            lo = logaddexp(lo, lm + min(lb, amin))
+            hi = logaddexp(hi, lm + max(lb, amax_r))
+            i += 1
+    keys.bounds[stop - first] = i
+    return keys, log_c, lo, hi
 
 
 @njit(cache=True, inline="always")
@@ -149,18 +194,20 @@ def new_area_terms(n_areas, amax):
 
 
 @njit(cache=True, inline="always")
-def area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, store):
+def area_terms(method, reduction, k, sigma, keys, terms, stored, store):
     """Fill ``terms`` at t = e^sigma for every area of cluster k; returns sum_j log Phi_j.
 
-    With ``store`` the factors of every (key class, atom) are kept in ``factors`` for the
-    gradient and attention passes.
+    Per area and atom, log prod_r phi_r^{m'_r} = sum_r m'_r (log psi_r - shift_r): the psi of keys
+    seen once are multiplied (renormalised before they could underflow) and one log is taken per
+    area and atom, not one per key. With ``store`` (ta, tb, u, w) of every (atom, key) are kept in
+    ``stored`` for the gradient and attention passes.
     """
-    # the record's arrays as locals: LLVM then keeps their pointers in registers
+    # locals, not fields: LLVM then keeps the arrays' pointers in registers
     gamma = reduction.mask_ratio
-    other_keys, keys_by_area = reduction.other_keys, reduction.keys_by_area
-    area_start, area_stop = reduction.area_start, reduction.area_stop
+    one_minus_gamma = 1.0 - gamma
     atom_z, atom_log_weight, n_atoms = reduction.atom_z, reduction.atom_log_weight, reduction.n_atoms
-    log_alpha, alpha, log_beta, beta = weights.log_alpha, weights.alpha, weights.log_beta, weights.beta
+    key_m, log_alpha, alpha, log_beta, beta = keys.key_m, keys.log_alpha, keys.alpha, keys.log_beta, keys.beta
+    bounds = keys.bounds
     t_mu, t2_var, log_post = terms.t_mu, terms.t2_var, terms.log_post
     total = 0.0
     t = math.exp(sigma)
@@ -171,35 +218,35 @@ def area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, f
         lphi = -np.inf
         for a in range(nat):
             z = atom_z[f, a]
-            lp = 0.0
+            shift = 0.0             # sum_r m'_r shift_r
+            log_psi = 0.0           # sum_r m'_r log psi_r, but for the running product below
+            product = 1.0           # prod of psi_r over keys seen once
             mu = 0.0
             var = 0.0
-            for i in range(area_start[f], area_stop[f]):
-                r = keys_by_area[k, i]
-                m = other_keys[s, r]
-                if m <= 0.0:
-                    continue
-                ta = _scaled(t, sigma, log_alpha[r, a], alpha[r, a])
-                tb = _scaled(t, sigma, log_beta[r], beta[r])
-                (log_phi, mean, variance, masked, d_log_phi_a, d_log_phi_b, d_mean_a, d_mean_b, d_var_a,
-                 d_var_b) = key_factors(method, ta, tb, gamma, log_g, log_1mg)
+            for i in range(bounds[j], bounds[j + 1]):
+                m = key_m[i]
+                ta = _scaled(t, sigma, log_alpha[a, i], alpha[a, i])
+                tb = _scaled(t, sigma, log_beta[i], beta[i])
+                key_shift, psi, u, w = key_primitives(method, ta, tb, gamma, one_minus_gamma)
+                mean, variance, _ = key_moments(method, ta, tb, u, w, gamma)
                 if store:
-                    factors[r, a, LOG_PHI] = log_phi
-                    factors[r, a, MEAN] = mean
-                    factors[r, a, VAR] = variance
-                    factors[r, a, MASKED] = masked
-                    factors[r, a, D_LOG_PHI_A] = d_log_phi_a
-                    factors[r, a, D_LOG_PHI_B] = d_log_phi_b
-                    factors[r, a, D_MEAN_A] = d_mean_a
-                    factors[r, a, D_MEAN_B] = d_mean_b
-                    factors[r, a, D_VAR_A] = d_var_a
-                    factors[r, a, D_VAR_B] = d_var_b
-                lp += m * log_phi
+                    stored[a, i, TA] = ta
+                    stored[a, i, TB] = tb
+                    stored[a, i, U] = u
+                    stored[a, i, W] = w
+                shift += m * key_shift
+                if m == 1.0:
+                    product *= psi
+                    if product < 1e-280:        # psi >= min(gamma, 1 - gamma): renormalise in time
+                        log_psi += math.log(product)
+                        product = 1.0
+                elif psi != 1.0:
+                    log_psi += m * math.log(psi)
                 mu += m * mean
                 var += m * variance
             t_mu[j, a] = z * mu
             t2_var[j, a] = z * z * var
-            log_post[j, a] = atom_log_weight[f, a] + lp
+            log_post[j, a] = atom_log_weight[f, a] + log_psi + math.log(product) - shift
             lphi = log_post[j, a] if nat == 1 else logaddexp(lphi, log_post[j, a])
         if nat == 1:   # point mass: the posterior is the atom itself, no exp/log needed
             log_post[j, 0] = 0.0
@@ -224,19 +271,18 @@ def area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, f
 
 @njit(cache=True, inline="always")
 def query_setup(reduction, A, B, B_self, s, k, store):
-    """What one masked query's integrals share: (key weights, per-area work arrays, factor store,
-    log c, log gamma, log(1 - gamma), and the t-grid's sigma offset, first x, number of nodes).
+    """What one masked query's integrals share: (its keys, per-area work arrays, the store of
+    key quantities, log c, and the t-grid's sigma offset, first x, number of nodes).
 
     A plain tuple, unpacked at once: a NamedTuple of arrays carried through the node loop costs
     ~25% of the kernel's time (measured)."""
-    weights, log_c, log_dmin, log_dmax = key_weights(reduction, A, B, B_self, s, k)
+    keys, log_c, log_dmin, log_dmax = query_keys(reduction, A, B, B_self, s, k)
     amax = reduction.atom_z.shape[1]
     terms = new_area_terms(reduction.feature_stop[k] - reduction.feature_start[k], amax)
-    # the gradient and attention passes keep every key's factors; the loss needs sums only
-    factors = np.empty((reduction.other_keys.shape[0], amax, N_FACTORS)) if store else np.empty((1, 1, N_FACTORS))
+    # the gradient and attention passes keep every key's (ta, tb, u, w); the loss needs sums only
+    stored = np.empty((amax, keys.key_m.size, N_STORED)) if store else np.empty((1, 1, N_STORED))
     offset, x0, n = grid(log_dmin, log_dmax)
-    gamma = reduction.mask_ratio
-    return weights, terms, factors, log_c, math.log(gamma), math.log1p(-gamma), offset, x0, n
+    return keys, terms, stored, log_c, offset, x0, n
 
 
 @njit(cache=True, inline="always")
@@ -251,16 +297,16 @@ def _sum_e2(terms):
 @njit(cache=True)
 def query_loss(method, reduction, A, B, B_self, s, k):
     """Expected loss of a masked query of class s in cluster k."""
-    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
     j0 = reduction.key_feature[k, s] - reduction.feature_start[k]
     integral = 0.0
     for i in range(n):
         sigma, h = node(offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, False)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, False)
         tc = min(math.exp(sigma + log_c), T_CAP)
-        G = math.exp(sum_log_phi - tc)
-        if G == 0.0:
-            continue
+        G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j
+        if G < G_STOP:
+            break
         integrand = G * (-terms.e1[j0] + 0.5 * _sum_e2(terms))
         integral += h * integrand
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral
@@ -273,18 +319,19 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
     Adds d loss / d A[s, f] to ``grad_A_row`` (F,) and d loss / d B[s, r], summed over the keys
     of class r, to ``grad_B_row`` (S,); returns (loss, d loss / d B_self[s]).
     """
-    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    gamma = reduction.mask_ratio
     first = reduction.feature_start[k]
     j0 = reduction.key_feature[k, s] - first
     integral = 0.0
     d_self = 0.0
     for i in range(n):
         sigma, h = node(offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, True)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, True)
         tc = min(math.exp(sigma + log_c), T_CAP)
-        G = math.exp(sum_log_phi - tc)
-        if G == 0.0:
-            continue
+        G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
+        if G < G_STOP:
+            break
         s2 = _sum_e2(terms)
         integrand = G * (-terms.e1[j0] + 0.5 * s2)
         integral += h * integrand
@@ -305,14 +352,13 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
                 cm = z * (c1 * z + tm)
                 cv = 0.5 * z * z
                 acc_a = 0.0
-                for ii in range(reduction.area_start[f], reduction.area_stop[f]):
-                    r = reduction.keys_by_area[k, ii]
-                    m = reduction.other_keys[s, r]
-                    if m <= 0.0:
-                        continue
-                    ga = cl * factors[r, a, D_LOG_PHI_A] + cm * factors[r, a, D_MEAN_A] + cv * factors[r, a, D_VAR_A]
-                    gb = cl * factors[r, a, D_LOG_PHI_B] + cm * factors[r, a, D_MEAN_B] + cv * factors[r, a, D_VAR_B]
-                    grad_B_row[r] += wa * m * (ga + gb)
+                for i in range(keys.bounds[j], keys.bounds[j + 1]):
+                    m = keys.key_m[i]
+                    dl_a, dl_b, dm_a, dm_b, dv_a, dv_b = key_derivatives(
+                        method, stored[a, i, TA], stored[a, i, TB], stored[a, i, U], stored[a, i, W], gamma)
+                    ga = cl * dl_a + cm * dm_a + cv * dv_a
+                    gb = cl * dl_b + cm * dm_b + cv * dv_b
+                    grad_B_row[keys.key_class[i]] += wa * m * (ga + gb)
                     acc_a += m * ga
                 grad_A_row[f] += wa * z * acc_a
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self
@@ -325,26 +371,28 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
     Adds the expected mass on the unmasked (``unmasked_row``) and masked (``masked_row``) keys of
     every class, summed over the keys of the class, and returns the mass on the query itself.
     """
-    weights, terms, factors, log_c, log_g, log_1mg, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    gamma = reduction.mask_ratio
     on_self = 0.0
     for i in range(n):
         sigma, h = node(offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, s, k, sigma, weights, log_g, log_1mg, terms, factors, True)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, True)
         tc = min(math.exp(sigma + log_c), T_CAP)
-        G = math.exp(sum_log_phi - tc)
-        if G == 0.0:
-            continue
+        G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
+        if G < G_STOP:
+            break
         on_self += h * G * tc                            # E[c / D] = int G t c d sigma
         for f in range(reduction.feature_start[k], reduction.feature_stop[k]):
             j = f - reduction.feature_start[k]
             for a in range(reduction.n_atoms[f]):
                 wa = h * G * math.exp(terms.log_post[j, a])
-                for ii in range(reduction.area_start[f], reduction.area_stop[f]):
-                    r = reduction.keys_by_area[k, ii]
-                    m = reduction.other_keys[s, r]
-                    if m > 0.0:
-                        unmasked_row[r] += wa * m * factors[r, a, MEAN]
-                        masked_row[r] += wa * m * factors[r, a, MASKED]
+                for i in range(keys.bounds[j], keys.bounds[j + 1]):
+                    m = keys.key_m[i]
+                    mean, _, masked = key_moments(method, stored[a, i, TA], stored[a, i, TB], stored[a, i, U],
+                                                  stored[a, i, W], gamma)
+                    r = keys.key_class[i]
+                    unmasked_row[r] += wa * m * mean
+                    masked_row[r] += wa * m * masked
     return on_self
 
 

@@ -16,6 +16,9 @@ GRID_STEP = 0.2     # step in x
 GRID_LEFT = 40.0    # first node at e^{-x} = GRID_LEFT: integrand ~ e^{-40} there
 GRID_RIGHT = 5.0    # last node at sigma >= -log D_min + GRID_RIGHT
 T_CAP = 1e100       # t*w beyond this has e^{-t w} == 0 exactly; the cap keeps products finite
+# G(t) = E[e^{-tD}] decreases in t; once below this, every later node adds less than ~e G of the
+# z^2 scale (the mask configurations left have probability <= e G(t)), so the grid stops there
+G_STOP = 1e-20
 
 
 @njit(cache=True)
