@@ -7,7 +7,6 @@ NumPy brute force and the NumPy version of the closed form) are in ``references`
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

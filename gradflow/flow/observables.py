@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..theory.population import attention_by_class, mass_by_area, own_area_attention
+from ..theory.population import attention_by_area, attention_by_class
 from ..theory.reduction import Reduction
 from ..theory.state import State
 
@@ -42,19 +42,27 @@ def class_attention_along(states: State, method: str = OBSERVABLE_METHOD):
     return unmasked, masked, on_self
 
 
+def own_area(by_area: np.ndarray, reduction: Reduction) -> np.ndarray:
+    """(..., K, S) the target: the entry of (..., K, S, N) masses by area at each class's own area."""
+    area = reduction.area_of_class()                               # (K, S)
+    index = np.broadcast_to(area[..., None], by_area.shape[:-1] + (1,))
+    return np.take_along_axis(by_area, index, axis=-1)[..., 0]
+
+
 def target_attention_along(states: State, method: str = OBSERVABLE_METHOD) -> np.ndarray:
     """(T, K, S) expected mass on the unmasked keys of the query's own area, per class."""
-    return own_area_attention(states.reduction, class_attention_along(states, method)[0])
+    return own_area(attention_by_area(states, method)[0], states.reduction)
 
 
 def area_masses(result) -> AreaMasses:
-    """Attention by area along a Solution or TrainRun (computed once, then kept on the result)."""
+    """Attention by area along a Solution or TrainRun, in one batched kernel call (computed once,
+    then kept on the result)."""
     cached = getattr(result, "_area_masses", None)
     if cached is not None:
         return cached
     states = result.states
-    unmasked, masked, on_self = class_attention_along(states)
-    out = AreaMasses(mass_by_area(states.reduction, unmasked), masked.sum(axis=-1) + on_self, states.reduction)
+    by_area, masked = attention_by_area(states, OBSERVABLE_METHOD)
+    out = AreaMasses(by_area, masked, states.reduction)
     try:
         result._area_masses = out               # observables are read repeatedly
     except AttributeError:

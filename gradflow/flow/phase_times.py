@@ -17,7 +17,7 @@ from .._validate import real
 from ..model import DataModel
 from ..errors import InvalidInputError
 from ..theory.population import attention_by_class, mass_by_area
-from .observables import OBSERVABLE_METHOD, area_masses, target_fraction
+from .observables import OBSERVABLE_METHOD, area_masses, own_area, target_fraction
 
 PHASE_NAMES = ("T1", "T2", "T3")
 
@@ -138,11 +138,10 @@ def phases(result, eps: float = 0.05) -> Phases:
     c = reduction.class_of
     K, S = reduction.n_clusters, reduction.n_classes
     t = np.asarray(result.t, dtype=np.float64)
-    area = reduction.area_of_class()                                        # (K, S)
     rep = reduction.representative()
     distractor_areas = largest_other_areas(model)[:, rep]               # (K, S, N)
     ceiling = model.ceiling()
-    target = np.take_along_axis(by_area, area[None, :, :, None], axis=3)[..., 0]         # (T, K, S)
+    target = own_area(by_area, reduction)                                                 # (T, K, S)
     distractor = _distractor(by_area, distractor_areas)                                    # (T, K, S)
     # T1 is measured against the distractor mass at t = 0, which the output times may not hold
     d0 = distractor[0] if t[0] == 0.0 else _distractor_at_zero(result, distractor_areas)

@@ -34,14 +34,19 @@ class Solution:
     states : State with a leading time axis: ``A_classes`` (T, S, F), ``B_classes`` (T, S, S),
         ``B_self`` (T, S); ``states[i]`` or ``state(i)`` is one time, ``at(t)`` any time.
     loss : (T,) the loss the flow descends: the exact population loss, or the mean-field loss
-        for a mean-field flow (computed on first access).
+        for a mean-field flow. From the gradient pass where the integrator evaluates it at its
+        step ends (RK45, RK23, DOP853: exact there, cubic Hermite with the exact slopes between),
+        else evaluated at the output times on first access.
     target_attention : (T, K, P) expected mass a masked query at p puts on the unmasked keys of
         its own area in cluster k (``target_attention_classes`` (T, K, S) per class). Attention
         observables are exact expectations of the state, also for a mean-field flow.
     target_fraction : (T, K, P) target attention / ceiling; NaN for single-patch areas.
     model, method : what was solved and how; ``reduction`` the class resolution.
     status : 0 success, -1 the integration stopped early (``message`` says why).
+    converged : for ``solve(t_max=None)``, whether the convergence rule was met (else None).
     nfev : evaluations of the gradient; ``wall_time`` seconds spent in ``solve``.
+    step_t, step_loss : the integrator's step ends and the loss there where the gradient pass
+        computed it (NaN elsewhere): the flow's own record of its monotone descent.
     """
 
     t: np.ndarray
@@ -55,6 +60,9 @@ class Solution:
     _dense: object = field(default=None, repr=False)
     _loss: np.ndarray | None = field(default=None, repr=False)
     _target_classes: np.ndarray | None = field(default=None, repr=False)
+    converged: bool | None = None
+    step_t: np.ndarray | None = field(default=None, repr=False)
+    step_loss: np.ndarray | None = field(default=None, repr=False)
 
     # ---- the trajectory ---------------------------------------------------------------------
     @property
@@ -74,14 +82,15 @@ class Solution:
         return self.states.B_self
 
     @property
-    def A(self) -> np.ndarray:
-        """(T, P, F) per-position feature-position correlations (expanded on access)."""
-        return self.states.A
+    def A(self) -> "PerPosition":
+        """(T, P, F) per-position feature-position correlations, expanded where indexed."""
+        return PerPosition(self.states, "A")
 
     @property
-    def B(self) -> np.ndarray:
-        """(T, P, P) per-position position-position correlations (expanded on access)."""
-        return self.states.B
+    def B(self) -> "PerPosition":
+        """(T, P, P) per-position position-position correlations, expanded where indexed:
+        ``sol.B[i]`` is one (P, P) matrix; ``np.asarray(sol.B)`` expands every time."""
+        return PerPosition(self.states, "B")
 
     @property
     def success(self) -> bool:
@@ -128,6 +137,13 @@ class Solution:
         if self._target_classes is None:
             self._target_classes = target_attention_along(self.states)
         return self._target_classes
+
+    def min_target_fraction(self, i: int = -1) -> float:
+        """Smallest target attention / ceiling at output ``i`` over the queries that have a
+        target (single-patch areas have none); NaN when no query has one."""
+        frac = self.target_fraction[self._index(i)]
+        frac = frac[np.isfinite(frac)]
+        return float(frac.min()) if frac.size else float("nan")
 
     @property
     def target_attention(self) -> np.ndarray:
@@ -224,3 +240,61 @@ class Solution:
                    message=str(ds.attrs["message"]), nfev=int(ds.attrs["nfev"]),
                    wall_time=float(ds.attrs["wall_time"]), _dense=dense, _loss=ds["loss"].values,
                    _target_classes=ds[target_name].values if target_name in ds else None)
+
+
+class PerPosition:
+    """An array-like (T, P, F) or (T, P, P) view of a class-reduced trajectory that expands only
+    what is indexed: ``view[i]`` builds one time, ``view[:, p, q]`` one entry over time; nothing
+    of size P x P per output time exists unless asked for (``np.asarray(view)``)."""
+
+    def __init__(self, states: State, which: str):
+        self.states, self.which = states, which
+        red = states.reduction
+        T = states.shape[0]
+        P = red.n_positions
+        self.shape = (T, P, red.n_features) if which == "A" else (T, P, P)
+        self.ndim = 3
+        self.dtype = np.dtype(np.float64)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = getattr(self.states, self.which)
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):                       # (..., p, q) and the like
+            i = next(n for n, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1:]
+        if len(key) > 3:
+            raise IndexError(f"too many indices for a {self.shape} array")
+        t_key, p_key, q_key = key + (slice(None),) * (3 - len(key))
+        c = self.states.reduction.class_of
+        p = np.arange(self.shape[1])[p_key]
+        q = np.arange(self.shape[2])[q_key]
+        pointwise = np.ndim(p) > 0 and np.ndim(q) > 0 and not isinstance(p_key, slice) \
+            and not isinstance(q_key, slice)
+        if pointwise:               # two index arrays pair up, as in NumPy
+            rows, cols = np.broadcast_arrays(np.asarray(p), np.asarray(q))
+        else:                       # slices (and one array) cross
+            rows, cols = np.atleast_1d(p)[:, None], np.atleast_1d(q)[None, :]
+        if self.which == "A":
+            out = self.states.A_classes[t_key][..., c[rows], cols]
+        else:
+            out = self.states.B_classes[t_key][..., c[rows], c[cols]]
+            diagonal = np.broadcast_to(rows == cols, out.shape[out.ndim - np.broadcast(rows, cols).ndim:])
+            if diagonal.any():                                    # B[p, p] is the class's B_self
+                out = np.array(out, copy=True)
+                out[..., diagonal] = self.states.B_self[t_key][..., c[np.broadcast_to(rows, diagonal.shape)[diagonal]]]
+        if pointwise:
+            return out
+        if np.ndim(q) == 0:
+            out = out[..., 0]
+        if np.ndim(p) == 0:
+            out = out[..., 0] if np.ndim(q) == 0 else out[..., 0, :]
+        return out
+
+    def __repr__(self) -> str:
+        return f"<per-position {self.which} {self.shape}, expanded where indexed>"

@@ -2,39 +2,40 @@
 
 From Q = 0 the flow is evolved on the signature classes (docs/model.md section 3), whose count
 does not grow with P for structured models; from a given (A0, B0) every position is its own class.
-``solve`` steps a SciPy ``OdeSolver`` itself (what ``solve_ivp`` does inside) so that it can stop
-cleanly on a budget of gradient evaluations and say why.
+The integrator is a SciPy ``OdeSolver`` stepped by ``stepping.step``; ``integrator="auto"`` takes
+LSODA for small states and DOP853 for large ones (LSODA keeps an n x n Jacobian workspace).
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
-from scipy.integrate import (
-    BDF,
-    DOP853,
-    LSODA,
-    RK23,
-    RK45,
-    OdeSolution,
-    OdeSolver,
-    Radau,
-)
+from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolver, Radau
+from scipy.interpolate import CubicHermiteSpline
 
-from .._validate import choice, instance, positive_int, positive_real
+from .._validate import choice, instance, positive_int, positive_real, real
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.jacobian import meanfield_jacobian
-from ..theory.population import check_method, loss_and_gradient
+from ..theory.population import check_method, loss_and_gradient, loss_rate
 from ..theory.reduction import signature_reduction
 from ..theory.state import State
 from .solution import Solution
+from .stepping import Budget, Convergence, FlowField, Progress, step
 
 SOLVERS = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "Radau": Radau, "BDF": BDF, "LSODA": LSODA}
-INTEGRATORS = tuple(SOLVERS)
+INTEGRATORS = ("auto",) + tuple(SOLVERS)
 MAX_NFEV = 200_000   # default budget of gradient evaluations: an extreme, stiff flow stops and says so
+# "auto" takes LSODA up to this state size (S F + S^2 + S numbers) and DOP853 above: LSODA
+# allocates an n x n Jacobian workspace at the start and, on these non-stiff flows, needs fewer
+# evaluations than the explicit methods only while n is small (gradflow bench measures it)
+AUTO_LSODA_MAX = 2000
+T_RANGE = (1e-9, 1e15)           # accepted t_max (and output times): beyond, no integrator copes
+CONVERGENCE_TOL = 1e-3           # solve(t_max=None): t |dL/dt| / L below this over a decade
+CONVERGENCE_CAP = 1e12           # solve(t_max=None) gives up there (status -1, says so)
+OUTPUTS_PER_DECADE = 20
 
 
 def default_times(t_max: float, per_decade: int = 20, decades: int = 6) -> np.ndarray:
@@ -45,7 +46,7 @@ def default_times(t_max: float, per_decade: int = 20, decades: int = 6) -> np.nd
 
 def output_times(t_max, t_eval) -> tuple[float, np.ndarray]:
     """(t_max, output times), validated."""
-    t_max = positive_real("t_max", t_max)
+    t_max = real("t_max", t_max, low=T_RANGE[0], high=T_RANGE[1])
     if t_eval is None:
         return t_max, default_times(t_max)
     try:
@@ -69,8 +70,11 @@ def initial_state(model: DataModel, init) -> State:
     return State.from_positions(model, A0, B0)
 
 
-def _check_integrator(integrator):
-    if integrator in INTEGRATORS or (isinstance(integrator, type) and issubclass(integrator, OdeSolver)):
+def _check_integrator(integrator, n: int):
+    """The OdeSolver class: "auto" chooses by the state size n."""
+    if integrator == "auto":
+        return LSODA if n <= AUTO_LSODA_MAX else DOP853
+    if integrator in SOLVERS or (isinstance(integrator, type) and issubclass(integrator, OdeSolver)):
         return SOLVERS[integrator] if isinstance(integrator, str) else integrator
     raise InvalidInputError(f"integrator must be one of {INTEGRATORS} or an OdeSolver subclass, got {integrator!r}")
 
@@ -89,40 +93,72 @@ def _jacobian_function(reduction, method, solver_class, jacobian):
     return lambda _t, y: meanfield_jacobian(State.from_flat(reduction, y))
 
 
-def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: str = "LSODA",
-          rtol: float = 1e-8, atol: float = 1e-10, t_eval=None, init=None,
-          max_nfev: int | None = MAX_NFEV, jacobian: str = "auto") -> Solution:
+def _evaluator(reduction, method, client):
+    """state -> (loss, gradient State): here, or sharded over the workers of a Dask client."""
+    if client is None:
+        return lambda state: loss_and_gradient(state, method)
+    from ..theory.distributed import ShardedPopulation
+    return ShardedPopulation(client, reduction, method).loss_and_gradient
+
+
+def _output_loss(t_out, run) -> np.ndarray | None:
+    """The loss at the output times from the losses and slopes the gradient pass left at every
+    step end (cubic Hermite between them); None where the integrator did not leave them."""
+    if not (np.all(np.isfinite(run.step_loss)) and np.all(np.isfinite(run.step_rate))):
+        return None
+    if run.step_t.size < 2:
+        return np.full(t_out.size, run.step_loss[0])
+    return CubicHermiteSpline(run.step_t, run.step_loss, run.step_rate)(t_out)
+
+
+def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact", integrator: str = "auto",
+          rtol: float = 1e-8, atol: float = 1e-10, t_eval=None, init=None, max_nfev: int | None = MAX_NFEV,
+          max_wall_time: float | None = None, jacobian: str = "auto", client=None, progress=None,
+          tol: float = CONVERGENCE_TOL) -> Solution:
     """Integrate the population gradient flow of the attention correlations.
 
     Parameters
     ----------
     model : DataModel
-    t_max : float
+    t_max : float, optional
         Final time (gradient-flow time; SGD with step eta reaches it after t_max/eta steps).
+        None (default): integrate until the flow has converged (``tol``), at most to t = 1e12.
     method : {"exact", "meanfield"}
         Exact expectation at finite P, or counts replaced by their means.
-    integrator : str or OdeSolver subclass
-        Any ``scipy.integrate.solve_ivp`` method.
+    integrator : "auto" or str or OdeSolver subclass
+        "auto" (default): LSODA for states of up to 2000 numbers, DOP853 above; or any
+        ``scipy.integrate.solve_ivp`` method.
     rtol, atol : float
         Integrator tolerances.
     t_eval : array_like, optional
-        Output times; default t = 0 and 120 log-spaced times over six decades up to t_max.
+        Output times (needs ``t_max``); default t = 0 and 20 log-spaced times per decade over the
+        last six decades of the run.
     init : (A0 (P, F), B0 (P, P)), optional
         Start from these per-position correlations (every position its own class). Default:
         Q = 0, evolved on the signature classes.
     max_nfev : int or None
         Budget of gradient evaluations; when it is spent the solution stops there with
         ``status = -1`` and says so (None: no limit).
+    max_wall_time : float or None
+        Budget of seconds, likewise.
     jacobian : {"auto", "analytic", "numerical"}
         For the implicit integrators (LSODA, BDF, Radau): "analytic" passes the analytic Jacobian
         of the mean-field flow (point-mass amplitudes only); "numerical" lets SciPy difference
         the gradient; "auto" takes the analytic one wherever it exists.
+    client : dask.distributed.Client, optional
+        Evaluate the gradient on its workers, the clusters sharded among them.
+    progress : bool, optional
+        A progress bar of the time reached (default: on a terminal).
+    tol : float
+        Convergence tolerance of ``t_max=None``: stop once t |dL/dt| / L < tol at every
+        checkpoint (four per decade) of the last decade of time (docs/model.md section 5).
 
     Returns
     -------
     Solution
-        ``status`` is -1 and a ``RuntimeWarning`` is issued when the integrator stops early; the
-        arrays then end at the last time reached.
+        ``status`` 0 when t_max (or convergence) was reached; -1 and a ``RuntimeWarning`` when
+        the run stopped early (a budget, a failed step, no convergence by t = 1e12); ``message``
+        says which. ``converged`` is True/False for ``t_max=None``, else None.
 
     Examples
     --------
@@ -133,68 +169,55 @@ def solve(model: DataModel, t_max: float, *, method: str = "exact", integrator: 
     """
     instance("model", model, DataModel)
     check_method(method)
-    solver_class = _check_integrator(integrator)
     rtol, atol = positive_real("rtol", rtol), positive_real("atol", atol)
-    t_max, t_out = output_times(t_max, t_eval)
-    if max_nfev is not None:
-        max_nfev = positive_int("max_nfev", max_nfev)
+    tol = real("tol", tol, low=0.0, high=1.0, low_open=True, high_open=True)
+    if t_max is None and t_eval is not None:
+        raise InvalidInputError("t_eval needs t_max: without t_max the output times follow the run")
+    if t_max is not None:
+        t_max, candidates = output_times(t_max, t_eval)
+    max_nfev = None if max_nfev is None else positive_int("max_nfev", max_nfev)
+    max_wall_time = None if max_wall_time is None else positive_real("max_wall_time", max_wall_time)
     start = time.perf_counter()
     y0 = initial_state(model, init)
     reduction = y0.reduction
+    solver_class = _check_integrator(integrator, y0.flat().size)
     jac = _jacobian_function(reduction, method, solver_class, jacobian)
-
-    def velocity(_t, y):
-        return -loss_and_gradient(State.from_flat(reduction, y), method)[1].flat()
-
-    run = integrate(velocity, y0.flat(), t_max, t_out, solver_class, rtol, atol, max_nfev, jac)
+    field = FlowField(_evaluator(reduction, method, client), lambda y: State.from_flat(reduction, y), loss_rate)
+    field.first = loss0, rate0 = field.measure(y0.flat())
+    convergence = None
+    if t_max is None:
+        if rate0 == 0.0:                  # nothing moves: Q = 0 is already stationary
+            return Solution(t=np.zeros(1), states=State.from_flat(reduction, y0.flat()[None]), model=model,
+                            method=method, status=0, message="stationary at t = 0 (the gradient vanishes)",
+                            nfev=1, wall_time=time.perf_counter() - start, _loss=np.array([loss0]),
+                            converged=True)
+        tau0 = abs(loss0 / rate0)
+        convergence = Convergence(tol=tol, tau0=tau0)
+        t_bound = CONVERGENCE_CAP
+        decades = math.log10(t_bound / (1e-4 * tau0))
+        candidates = np.concatenate([[0.0], np.geomspace(1e-4 * tau0, t_bound,
+                                                         int(OUTPUTS_PER_DECADE * decades) + 1)])
+    else:
+        t_bound = t_max
+    extra = {} if jac is None else {"jac": jac}
+    solver = solver_class(field, 0.0, y0.flat(), t_bound, rtol=rtol, atol=atol, **extra)
+    progress_bar = Progress(progress, t_max, max(1e-4 * abs(loss0 / rate0) if rate0 else 1e-6, 1e-12))
+    try:
+        run = step(solver, field, y0.flat(), candidates, Budget(max_nfev, max_wall_time), convergence,
+                   progress_bar, t_max)
+    finally:
+        progress_bar.close()
+    if t_max is None:         # the last six decades of the run, and its end
+        keep = [t for t in run.outputs if t == 0.0 or run.t_end * 1e-6 <= t]
+        t_out = np.array(sorted(keep))
+    else:
+        t_out = candidates[candidates <= run.t_end]
+        if run.status < 0 and (t_out.size == 0 or t_out[-1] < run.t_end):
+            t_out = np.append(t_out, run.t_end)             # show how far it got
+    ys = np.stack([run.outputs[float(t)] for t in t_out])
     if run.status < 0:
         warnings.warn(f"gradflow.solve: {run.message}", RuntimeWarning, stacklevel=2)
-    return Solution(t=run.t, states=State.from_flat(reduction, run.y), model=model, method=method,
-                    status=run.status, message=run.message, nfev=run.nfev,
-                    wall_time=time.perf_counter() - start, _dense=run.dense)
-
-
-@dataclass
-class Integration:
-    """What :func:`integrate` returns."""
-
-    t: np.ndarray          # (T,) output times reached
-    y: np.ndarray          # (T, n) states there
-    dense: object          # OdeSolution over [0, t reached], or None
-    status: int            # 0 reached t_max, -1 stopped early
-    message: str
-    nfev: int
-
-
-def integrate(velocity, y0, t_max, t_out, solver_class, rtol, atol, max_nfev, jac=None) -> Integration:
-    """Step a SciPy OdeSolver to t_max (what solve_ivp does), stopping cleanly after
-    ``max_nfev`` gradient evaluations."""
-    count = [0]
-
-    def counted(t, y):
-        count[0] += 1
-        return velocity(t, y)
-
-    extra = {} if jac is None else {"jac": jac}
-    solver = solver_class(counted, 0.0, y0, t_max, rtol=rtol, atol=atol, **extra)
-    times, pieces = [0.0], []
-    status, message = 0, "reached t_max"
-    while solver.status == "running":
-        step_message = solver.step()
-        if solver.status == "failed":
-            status, message = -1, f"integration step failed at t={solver.t:g}: {step_message}"
-            break
-        pieces.append(solver.dense_output())
-        times.append(solver.t)
-        if max_nfev is not None and count[0] >= max_nfev and solver.status == "running":
-            status = -1
-            message = (f"stopped after {count[0]} gradient evaluations (max_nfev) at t={solver.t:g}: the flow "
-                       f"is very stiff here; try a shorter t_max, integrator='Radau' or a larger max_nfev")
-            break
-    reached = times[-1]
-    if status < 0:
-        message = f"integration stopped at t={reached:g} before t_max={t_max:g}: {message}"
-    dense = OdeSolution(times, pieces) if pieces else None
-    keep = t_out[t_out <= reached]
-    ys = np.array([y0 if t == 0.0 else dense(t) for t in keep]).reshape(keep.size, y0.size)
-    return Integration(keep, ys, dense, status, message, count[0])
+    return Solution(t=t_out, states=State.from_flat(reduction, ys), model=model, method=method,
+                    status=run.status, message=run.message, nfev=field.nfev + 1 + len(run.checks),
+                    wall_time=time.perf_counter() - start, _dense=run.dense, _loss=_output_loss(t_out, run),
+                    converged=run.converged, step_t=run.step_t, step_loss=run.step_loss)

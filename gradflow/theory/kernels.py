@@ -66,6 +66,7 @@ class AreaTerms(NamedTuple):
     log_post: np.ndarray     # (N, Amax) log posterior weight of every atom
     t_mu: np.ndarray         # (N, Amax) t mu_j given the atom
     t2_var: np.ndarray       # (N, Amax) t^2 var_j given the atom
+    t_masked: np.ndarray     # (N, Amax) t times the tilted masked weight of the area, given the atom
 
 
 # ---- scalar helpers ---------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def query_keys(reduction, A, B, B_self, s, k):
 @njit(cache=True, inline="always")
 def new_area_terms(n_areas, amax):
     return AreaTerms(np.empty(n_areas), np.empty(n_areas), np.empty(n_areas), np.empty((n_areas, amax)),
-                     np.empty((n_areas, amax)), np.empty((n_areas, amax)))
+                     np.empty((n_areas, amax)), np.empty((n_areas, amax)), np.empty((n_areas, amax)))
 
 
 @njit(cache=True, inline="always")
@@ -208,7 +209,7 @@ def area_terms(method, reduction, k, sigma, keys, terms, stored, store):
     atom_z, atom_log_weight, n_atoms = reduction.atom_z, reduction.atom_log_weight, reduction.n_atoms
     key_m, log_alpha, alpha, log_beta, beta = keys.key_m, keys.log_alpha, keys.alpha, keys.log_beta, keys.beta
     bounds = keys.bounds
-    t_mu, t2_var, log_post = terms.t_mu, terms.t2_var, terms.log_post
+    t_mu, t2_var, log_post, t_masked = terms.t_mu, terms.t2_var, terms.log_post, terms.t_masked
     total = 0.0
     t = math.exp(sigma)
     first = reduction.feature_start[k]
@@ -223,12 +224,13 @@ def area_terms(method, reduction, k, sigma, keys, terms, stored, store):
             product = 1.0           # prod of psi_r over keys seen once
             mu = 0.0
             var = 0.0
+            hidden = 0.0
             for i in range(bounds[j], bounds[j + 1]):
                 m = key_m[i]
                 ta = _scaled(t, sigma, log_alpha[a, i], alpha[a, i])
                 tb = _scaled(t, sigma, log_beta[i], beta[i])
                 key_shift, psi, u, w = key_primitives(method, ta, tb, gamma, one_minus_gamma)
-                mean, variance, _ = key_moments(method, ta, tb, u, w, gamma)
+                mean, variance, masked = key_moments(method, ta, tb, u, w, gamma)
                 if store:
                     stored[a, i, TA] = ta
                     stored[a, i, TB] = tb
@@ -244,8 +246,10 @@ def area_terms(method, reduction, k, sigma, keys, terms, stored, store):
                     log_psi += m * math.log(psi)
                 mu += m * mean
                 var += m * variance
+                hidden += m * masked
             t_mu[j, a] = z * mu
             t2_var[j, a] = z * z * var
+            t_masked[j, a] = hidden
             log_post[j, a] = atom_log_weight[f, a] + log_psi + math.log(product) - shift
             lphi = log_post[j, a] if nat == 1 else logaddexp(lphi, log_post[j, a])
         if nat == 1:   # point mass: the posterior is the atom itself, no exp/log needed
@@ -396,6 +400,156 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
     return on_self
 
 
+@njit(cache=True)
+def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area):
+    """Expected attention of a masked query (class s, cluster k), summed per area.
+
+    Adds to ``unmasked_by_area`` (N,) the mass on the unmasked keys of each area of the cluster and
+    returns (mass on masked keys, mass on itself). One pass over the keys per node: the per-area
+    sums of the loss pass are all it needs.
+    """
+    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    first = reduction.feature_start[k]
+    on_self = 0.0
+    masked = 0.0
+    for i in range(n):
+        sigma, h = node(offset, x0, i)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, False)
+        tc = min(math.exp(sigma + log_c), T_CAP)
+        G = math.exp(sum_log_phi - tc)
+        if G < G_STOP:
+            break
+        on_self += h * G * tc                            # E[c / D] = int G t c d sigma
+        for f in range(first, reduction.feature_stop[k]):
+            j = f - first
+            for a in range(reduction.n_atoms[f]):
+                wa = h * G * math.exp(terms.log_post[j, a])
+                unmasked_by_area[j] += wa * terms.t_mu[j, a] / reduction.atom_z[f, a]
+                masked += wa * terms.t_masked[j, a]
+    return masked, on_self
+
+
+# ---- mean field with random amplitudes: the same integral, linear in t per area ---------------
+# With every count at its mean, log phi_r = -t (gamma beta_r + (1-gamma) alpha_r) and t mu is
+# t (1-gamma) alpha_r: per area and atom only the sums over keys C and M enter, so each node costs
+# O(areas x atoms), not O(keys x atoms). Used while every weight is safely finite (|log w| < 600).
+@njit(cache=True, inline="always")
+def meanfield_area_sums(reduction, keys, k):
+    """(C, M, Qb): per area j and atom a, C = sum_r m (gamma beta + (1-gamma) alpha_a) (log Phi =
+    log w_a - t C), M = (1-gamma) sum_r m alpha_a (t mu = z t M), Qb[j] = gamma sum_r m beta."""
+    gamma = reduction.mask_ratio
+    first = reduction.feature_start[k]
+    n_areas = reduction.feature_stop[k] - first
+    amax = reduction.atom_z.shape[1]
+    C = np.zeros((n_areas, amax))
+    M = np.zeros((n_areas, amax))
+    Qb = np.zeros(n_areas)
+    for j in range(n_areas):
+        for i in range(keys.bounds[j], keys.bounds[j + 1]):
+            m = keys.key_m[i]
+            Qb[j] += gamma * m * keys.beta[i]
+            for a in range(reduction.n_atoms[first + j]):
+                C[j, a] += m * (gamma * keys.beta[i] + (1.0 - gamma) * keys.alpha[a, i])
+                M[j, a] += (1.0 - gamma) * m * keys.alpha[a, i]
+    return C, M, Qb
+
+
+@njit(cache=True, inline="always")
+def linear_weights_safe(keys):
+    """Every weight of the query safely finite in linear form (see _linear)."""
+    for i in range(keys.beta.size):
+        if keys.beta[i] == 0.0:
+            return False
+    for a in range(keys.alpha.shape[0]):
+        for i in range(keys.alpha.shape[1]):
+            if keys.alpha[a, i] == 0.0 and keys.log_alpha[a, i] != 0.0:
+                return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def meanfield_node(reduction, k, t, C, M, terms):
+    """Per-area sums of the mean-field integrand at t (as area_terms); returns sum_j log Phi_j."""
+    first = reduction.feature_start[k]
+    total = 0.0
+    for j in range(C.shape[0]):
+        f = first + j
+        nat = reduction.n_atoms[f]
+        lphi = -np.inf
+        for a in range(nat):
+            terms.t_mu[j, a] = reduction.atom_z[f, a] * t * M[j, a]
+            terms.log_post[j, a] = reduction.atom_log_weight[f, a] - t * C[j, a]
+            lphi = terms.log_post[j, a] if nat == 1 else logaddexp(lphi, terms.log_post[j, a])
+        acc1 = 0.0
+        acc2 = 0.0
+        for a in range(nat):
+            terms.log_post[j, a] -= lphi
+            p = 1.0 if nat == 1 else math.exp(terms.log_post[j, a])
+            tm = terms.t_mu[j, a]
+            acc1 += p * reduction.atom_z[f, a] * tm
+            acc2 += p * tm * tm
+        terms.log_phi[j] = lphi
+        terms.e1[j] = acc1
+        terms.e2[j] = acc2
+        total += lphi
+    return total
+
+
+@njit(cache=True)
+def meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, want_grad):
+    """Mean-field loss of a masked query (class s, cluster k) and, with ``want_grad``, its
+    derivatives (as ``query_loss_grad``); falls back to the per-key integral when a weight is
+    not safely finite."""
+    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, want_grad)
+    if not linear_weights_safe(keys):
+        if want_grad:
+            return query_loss_grad(MEANFIELD, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+        return query_loss(MEANFIELD, reduction, A, B, B_self, s, k), 0.0
+    C, M, _ = meanfield_area_sums(reduction, keys, k)
+    first = reduction.feature_start[k]
+    j0 = reduction.key_feature[k, s] - first
+    X = np.zeros(C.shape)          # sum over nodes of wa t (cm - cl): moves alpha
+    Y = np.zeros(C.shape)          # sum over nodes of wa t cl: moves beta
+    integral = 0.0
+    d_self = 0.0
+    for i in range(n):
+        sigma, h = node(offset, x0, i)
+        t = math.exp(sigma)
+        sum_log_phi = meanfield_node(reduction, k, t, C, M, terms)
+        tc = min(math.exp(sigma + log_c), T_CAP)
+        G = math.exp(sum_log_phi - tc)
+        if G < G_STOP:
+            break
+        s2 = _sum_e2(terms)
+        integrand = G * (-terms.e1[j0] + 0.5 * s2)
+        integral += h * integrand
+        if not want_grad:
+            continue
+        d_self -= h * tc * integrand
+        for j in range(C.shape[0]):
+            own = j == j0
+            c_phi = 0.5 * (s2 - terms.e2[j]) - (0.0 if own else terms.e1[j0])
+            c1 = -1.0 if own else 0.0
+            for a in range(reduction.n_atoms[first + j]):
+                wa = h * G * math.exp(terms.log_post[j, a])
+                z = reduction.atom_z[first + j, a]
+                tm = terms.t_mu[j, a]
+                cl = c_phi + c1 * z * tm + 0.5 * tm * tm
+                cm = z * (c1 * z + tm)
+                X[j, a] += wa * t * (cm - cl)
+                Y[j, a] += wa * t * cl
+    if want_grad:
+        gamma = reduction.mask_ratio
+        for j in range(C.shape[0]):
+            f = first + j
+            for a in range(reduction.n_atoms[f]):
+                grad_A_row[f] += reduction.atom_z[f, a] * M[j, a] * X[j, a]
+                for i in range(keys.bounds[j], keys.bounds[j + 1]):
+                    grad_B_row[keys.key_class[i]] += keys.key_m[i] * (
+                        (1.0 - gamma) * keys.alpha[a, i] * X[j, a] - gamma * keys.beta[i] * Y[j, a])
+    return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self
+
+
 # ---- mean field with point-mass amplitudes: the SymPy closed form, no integral ----------------
 @njit(cache=True)
 def meanfield_shares(reduction, A, B, B_self, s, k):
@@ -462,16 +616,21 @@ def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
     return loss, math.exp(B_self[s] - log_d) * d_dd
 
 
-# ---- the population: every query class (in parallel) and every cluster -------------------------
+# ---- the population: every query class (in parallel) and the given clusters ---------------------
+# ``clusters`` (int64 array) selects the clusters to sum over: all of them locally, a shard of
+# them on a Dask worker (the population sums are sums over clusters).
 @njit(cache=True, parallel=True)
-def population_loss(method, reduction, A, B, B_self, closed_form):
+def population_loss(method, reduction, A, B, B_self, closed_form, clusters):
     """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s]."""
     S = reduction.other_keys.shape[0]
     losses = np.zeros(S)
     for s in prange(S):
-        for k in range(reduction.cluster_prob.size):
+        unused = np.zeros(0)
+        for k in clusters:
             if closed_form:
                 loss = closed_form_loss(reduction, A, B, B_self, s, k)
+            elif method == MEANFIELD:
+                loss = meanfield_query_loss_grad(reduction, A, B, B_self, s, k, unused, unused, False)[0]
             else:
                 loss = query_loss(method, reduction, A, B, B_self, s, k)
             losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
@@ -479,7 +638,7 @@ def population_loss(method, reduction, A, B, B_self, closed_form):
 
 
 @njit(cache=True, parallel=True)
-def population_loss_grad(method, reduction, A, B, B_self, closed_form):
+def population_loss_grad(method, reduction, A, B, B_self, closed_form, clusters):
     """L and its per-entry gradient (dA (S, F), dB (S, S), dB_self (S,)).
 
     dB[s, s] is the derivative for one off-diagonal entry B[p, q] with p != q both in class s.
@@ -493,11 +652,14 @@ def population_loss_grad(method, reduction, A, B, B_self, closed_form):
     for s in prange(S):
         grad_A_row = np.zeros(F)
         grad_B_row = np.zeros(S)
-        for k in range(reduction.cluster_prob.size):
+        for k in clusters:
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
             if closed_form:
                 loss, d_self = closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            elif method == MEANFIELD:
+                loss, d_self = meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row,
+                                                         True)
             else:
                 loss, d_self = query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
             weight = reduction.cluster_prob[k] * reduction.mask_ratio
@@ -512,12 +674,13 @@ def population_loss_grad(method, reduction, A, B, B_self, closed_form):
 
 
 @njit(cache=True, parallel=True)
-def attention_by_class(method, reduction, A, B, B_self):
+def attention_by_class(method, reduction, A, B, B_self, clusters):
     """Expected attention of a masked query on every key class, per cluster.
 
     Returns (unmasked (K, S, S), masked (K, S, S), on_self (K, S)): for a masked query of class s
     in cluster k, the expected softmax mass on the unmasked (masked) keys of class r other than
-    itself, summed over those keys, and on itself. Each row sums to one.
+    itself, summed over those keys, and on itself. Each row sums to one. Clusters outside
+    ``clusters`` are left at zero.
     """
     S = A.shape[0]
     K = reduction.cluster_prob.size
@@ -525,6 +688,32 @@ def attention_by_class(method, reduction, A, B, B_self):
     masked = np.zeros((K, S, S))
     on_self = np.zeros((K, S))
     for s in prange(S):
-        for k in range(K):
+        for k in clusters:
             on_self[k, s] = query_attention(method, reduction, A, B, B_self, s, k, unmasked[k, s], masked[k, s])
     return unmasked, masked, on_self
+
+
+@njit(cache=True, parallel=True)
+def attention_by_area(method, reduction, A, B, B_self, clusters):
+    """Expected attention per area along a trajectory, in one call (parallel over times x classes).
+
+    A (T, S, F), B (T, S, S), B_self (T, S). Returns (unmasked (T, K, S, N), masked (T, K, S)): the
+    mass of a masked query of class s in cluster k on the unmasked keys of each area of its cluster
+    (N = most areas of a cluster), and on masked keys, itself included. Only what the phase times
+    and targets need: never the (T, K, S, S) per-key maps.
+    """
+    T, S = B_self.shape
+    K = reduction.cluster_prob.size
+    n_areas = 0
+    for k in range(K):
+        n_areas = max(n_areas, reduction.feature_stop[k] - reduction.feature_start[k])
+    unmasked = np.zeros((T, K, S, n_areas))
+    masked = np.zeros((T, K, S))
+    for ts in prange(T * S):
+        ti = ts // S
+        s = ts % S
+        for k in clusters:
+            hidden, on_self = query_area_attention(method, reduction, A[ti], B[ti], B_self[ti], s, k,
+                                                   unmasked[ti, k, s])
+            masked[ti, k, s] = hidden + on_self
+    return unmasked, masked

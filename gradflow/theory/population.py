@@ -14,6 +14,7 @@ import numpy as np
 from .._validate import choice, instance
 from ..model import DataModel
 from . import kernels
+from .parallel import use_threads
 from .reduction import Reduction
 from .state import State
 
@@ -30,20 +31,41 @@ def _closed_form(reduction: Reduction, method: str) -> bool:
     return method == "meanfield" and reduction.all_point
 
 
-def loss(state: State, method: str = "exact") -> float:
-    """Population loss of a single-time state."""
+def all_clusters(reduction: Reduction) -> np.ndarray:
+    return np.arange(reduction.n_clusters, dtype=np.int64)
+
+
+def loss(state: State, method: str = "exact", clusters=None) -> float:
+    """Population loss of a single-time state (summed over ``clusters``, default all)."""
     reduction = state.reduction
+    use_threads(reduction)
     return float(kernels.population_loss(kernels.METHODS[check_method(method)], reduction, state.A_classes,
-                                         state.B_classes, state.B_self, _closed_form(reduction, method)))
+                                         state.B_classes, state.B_self, _closed_form(reduction, method),
+                                         all_clusters(reduction) if clusters is None else clusters))
 
 
-def loss_and_gradient(state: State, method: str = "exact") -> tuple[float, State]:
-    """Population loss and its per-entry gradient, as a State of derivatives."""
+def loss_and_gradient(state: State, method: str = "exact", clusters=None) -> tuple[float, State]:
+    """Population loss and its per-entry gradient, as a State of derivatives (summed over
+    ``clusters``, default all)."""
     reduction = state.reduction
+    use_threads(reduction)
     value, gA, gB, gS = kernels.population_loss_grad(kernels.METHODS[check_method(method)], reduction,
                                                      state.A_classes, state.B_classes, state.B_self,
-                                                     _closed_form(reduction, method))
+                                                     _closed_form(reduction, method),
+                                                     all_clusters(reduction) if clusters is None else clusters)
     return float(value), State(reduction, gA, gB, gS)
+
+
+def loss_rate(gradient: State) -> float:
+    """dL/dt along the flow: -(sum over all entries of the squared per-entry gradient).
+
+    A class parameter stands for several entries of A and B (its class's positions, times the
+    keys of the other class for B), each moving at minus its own derivative."""
+    reduction = gradient.reduction
+    n = reduction.class_size
+    pairs = n[:, None] * reduction.other_keys
+    return -float(np.sum(n[:, None] * gradient.A_classes ** 2) + np.sum(pairs * gradient.B_classes ** 2)
+                  + np.sum(n * gradient.B_self ** 2))
 
 
 class ClassAttention(NamedTuple):
@@ -56,8 +78,25 @@ class ClassAttention(NamedTuple):
 
 def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
     """Expected attention of a masked query of every class on every key class."""
+    use_threads(state.reduction)
     return ClassAttention(*kernels.attention_by_class(kernels.METHODS[check_method(method)], state.reduction,
-                                                      state.A_classes, state.B_classes, state.B_self))
+                                                      state.A_classes, state.B_classes, state.B_self,
+                                                      all_clusters(state.reduction)))
+
+
+def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray, np.ndarray]:
+    """(unmasked (T, K, S, N), masked (T, K, S)) along a trajectory, in one parallel kernel call:
+    the mass of a masked query on the unmasked keys of each area of its cluster, and on masked
+    keys (itself included)."""
+    reduction = states.reduction
+    A = np.ascontiguousarray(states.A_classes.reshape((-1,) + states.A_classes.shape[-2:]))
+    B = np.ascontiguousarray(states.B_classes.reshape((-1,) + states.B_classes.shape[-2:]))
+    Bs = np.ascontiguousarray(states.B_self.reshape((-1, states.B_self.shape[-1])))
+    use_threads(reduction, times=A.shape[0])
+    unmasked, masked = kernels.attention_by_area(kernels.METHODS[check_method(method)], reduction, A, B, Bs,
+                                                 all_clusters(reduction))
+    lead = states.shape
+    return unmasked.reshape(lead + unmasked.shape[1:]), masked.reshape(lead + masked.shape[1:])
 
 
 def own_area_attention(reduction: Reduction, unmasked: np.ndarray) -> np.ndarray:
@@ -100,7 +139,7 @@ def attention_maps(state: State, method: str = "exact", part: str = "total", clu
 
 
 # ---- the public per-position API ----------------------------------------------------------------
-def population_loss(model: DataModel, A, B, method: str = "exact") -> float:
+def population_loss(model: DataModel, A, B, method: str = "exact", *, client=None) -> float:
     """Expected masked-reconstruction loss L(Q) of docs/model.md section 2.
 
     Parameters
@@ -113,6 +152,8 @@ def population_loss(model: DataModel, A, B, method: str = "exact") -> float:
     method : {"exact", "meanfield"}
         "exact" is the exact expectation over masks and amplitudes at finite P; "meanfield"
         replaces the unmasked counts by their means.
+    client : dask.distributed.Client, optional
+        Shard the clusters over its workers (the loss is a sum over clusters).
 
     Returns
     -------
@@ -128,14 +169,24 @@ def population_loss(model: DataModel, A, B, method: str = "exact") -> float:
     """
     instance("model", model, DataModel)
     check_method(method)
-    return loss(State.from_positions(model, A, B), method)
+    state = State.from_positions(model, A, B)
+    if client is not None:
+        from .distributed import ShardedPopulation
+        return ShardedPopulation(client, state.reduction, method).loss(state)
+    return loss(state, method)
 
 
-def population_grad(model: DataModel, A, B, method: str = "exact"):
-    """Gradient of :func:`population_loss`: ``(dL/dA (P, F), dL/dB (P, P))``."""
+def population_grad(model: DataModel, A, B, method: str = "exact", *, client=None):
+    """Gradient of :func:`population_loss`: ``(dL/dA (P, F), dL/dB (P, P))``; ``client``
+    shards the clusters over a Dask client's workers."""
     instance("model", model, DataModel)
     check_method(method)
-    _, grad = loss_and_gradient(State.from_positions(model, A, B), method)
+    state = State.from_positions(model, A, B)
+    if client is not None:
+        from .distributed import ShardedPopulation
+        _, grad = ShardedPopulation(client, state.reduction, method).loss_and_gradient(state)
+    else:
+        _, grad = loss_and_gradient(state, method)
     gB = grad.B_classes.copy()
     np.fill_diagonal(gB, grad.B_self)
     return grad.A_classes, gB

@@ -1,0 +1,221 @@
+"""The integration loop behind ``solve``: a SciPy ``OdeSolver`` stepped by hand.
+
+Stepping by hand (what ``solve_ivp`` does inside) lets the loop
+- stop cleanly on a budget of gradient evaluations or of wall time, and say so;
+- stop when the flow has converged (``t_max=None``, see :class:`Convergence`);
+- keep the loss the gradient pass computes anyway at every step end (RK45, RK23, DOP853
+  evaluate the velocity at their step ends), so that output losses cost nothing;
+- collect the states at the output times as the steps pass them, and keep the integrator's
+  dense output only while it fits in memory;
+- show progress (the time reached) on a terminal.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.integrate import OdeSolution
+
+DENSE_OUTPUT_LIMIT = 25_000_000     # numbers of dense output kept for ``Solution.at`` (~200 MB)
+
+
+class FlowField:
+    """dy/dt = -grad L(y) for a SciPy solver, remembering the loss of each evaluation.
+
+    ``evaluate(y) -> (loss, gradient State)``; ``rate(gradient) -> dL/dt``.
+    """
+
+    def __init__(self, evaluate, state_from_flat, rate):
+        self.evaluate = evaluate
+        self.state_from_flat = state_from_flat
+        self.rate = rate
+        self.nfev = 0
+        self.recent = []            # (t, y, loss, dL/dt) since the last accepted step
+        self.first = None           # (loss, dL/dt) at the first evaluation (t = 0)
+
+    def __call__(self, t, y):
+        loss, grad = self.evaluate(self.state_from_flat(y))
+        self.nfev += 1
+        rate = self.rate(grad)
+        self.recent.append((t, y, loss, rate))
+        if self.first is None:
+            self.first = (loss, rate)
+        return -grad.flat()
+
+    def at_step_end(self, t, y):
+        """(loss, dL/dt) if the solver evaluated the velocity exactly at its new step end."""
+        found = None
+        for tt, yy, loss, rate in self.recent:
+            if tt == t and (yy is y or np.array_equal(yy, y)):
+                found = (loss, rate)
+        self.recent = []
+        return found
+
+    def measure(self, y):
+        """(loss, dL/dt) at a state, for a convergence check (counted apart from nfev)."""
+        loss, grad = self.evaluate(self.state_from_flat(y))
+        return loss, self.rate(grad)
+
+
+@dataclass
+class Convergence:
+    """The stopping rule of ``solve(t_max=None)``.
+
+    The flow has converged at time t when, at every checkpoint of the last decade of time
+    (four per decade, from 100 initial time scales tau0 = L(0) / |dL/dt(0)| on), the loss falls
+    by less than ``tol`` of itself per e-fold of time: t |dL/dt| / L < tol. In the 1/t tail of
+    the loss (softmax leakage) that bounds the loss still to lose by about ``tol`` of the loss;
+    requiring it over a whole decade keeps a pause between phases from stopping the flow.
+    """
+
+    tol: float
+    tau0: float
+    checks: list = field(default_factory=list)      # (t, t |dL/dt| / L)
+    next_t: float = 0.0
+
+    PER_DECADE = 4
+    START = 100.0                                   # first checkpoint at START * tau0
+
+    def __post_init__(self):
+        self.next_t = self.START * self.tau0
+
+    def due(self, t: float) -> bool:
+        return t >= self.next_t
+
+    def record(self, t: float, loss: float, rate: float) -> bool:
+        """Add a checkpoint; True when converged."""
+        s = t * abs(rate) / abs(loss) if loss != 0 else 0.0
+        self.checks.append((t, s))
+        self.next_t = t * 10.0 ** (1.0 / self.PER_DECADE)
+        window = [v for tt, v in self.checks if tt >= t / 10.0 * (1 - 1e-12)]
+        return len(window) > self.PER_DECADE and max(window) < self.tol
+
+    def message(self) -> str:
+        t, s = self.checks[-1]
+        return (f"converged at t={t:.4g}: the loss falls by less than {self.tol:g} of itself per e-fold "
+                f"of time over the last decade (t |dL/dt| / L = {s:.2g})")
+
+
+@dataclass
+class Budget:
+    """Limits of a run: gradient evaluations and wall time (None: no limit)."""
+
+    max_nfev: int | None
+    max_wall_time: float | None
+    start: float = field(default_factory=time.perf_counter)
+
+    def exceeded(self, nfev: int, t: float) -> str | None:
+        """Why the run must stop now, or None."""
+        if self.max_nfev is not None and nfev >= self.max_nfev:
+            return (f"stopped after {nfev} gradient evaluations (max_nfev) at t={t:g}: the flow may be stiff "
+                    f"here; try a shorter t_max, integrator='Radau' or a larger max_nfev")
+        elapsed = time.perf_counter() - self.start
+        if self.max_wall_time is not None and elapsed >= self.max_wall_time:
+            return f"stopped after {elapsed:.1f} s (max_wall_time={self.max_wall_time:g} s) at t={t:g}"
+        return None
+
+
+class Progress:
+    """A tqdm bar of the integrated time on a log scale (on a terminal, or when asked)."""
+
+    def __init__(self, enabled, t_end: float | None, t_first: float):
+        self.bar = None
+        if enabled is False or (enabled is None and not sys.stderr.isatty()):
+            return
+        from tqdm import tqdm
+        self.lo = math.log10(max(t_first, 1e-12))
+        hi = math.log10(t_end) if t_end is not None else self.lo + 12.0
+        self.bar = tqdm(total=max(hi - self.lo, 1e-9), unit="decade", desc="gradflow solve", leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t={postfix}")
+        self.done = 0.0
+
+    def update(self, t: float) -> None:
+        if self.bar is None or t <= 0:
+            return
+        pos = min(max(math.log10(t) - self.lo, 0.0), self.bar.total)
+        self.bar.update(pos - self.done)
+        self.done = pos
+        self.bar.set_postfix_str(f"{t:.3g}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class Run:
+    """What :func:`step` returns."""
+
+    t_end: float                 # last time reached
+    status: int                  # 0 finished (reached t_max or converged), -1 stopped early
+    message: str
+    converged: bool | None       # None when a t_max was given
+    outputs: dict                # output time -> state (flat) collected on the way
+    step_t: np.ndarray           # accepted step ends, 0 first
+    step_loss: np.ndarray        # loss there (NaN where the integrator did not evaluate it)
+    step_rate: np.ndarray        # dL/dt there
+    dense: object                # OdeSolution over [0, t_end], or None when too large to keep
+    checks: list                 # convergence checkpoints (t, t |dL/dt| / L)
+
+
+def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budget: Budget,
+         convergence: Convergence | None, progress: Progress, t_max: float | None) -> Run:
+    """Step ``solver`` until t_max (or convergence, or a budget); collect states at ``candidates``."""
+    n = y0.size
+    outputs = {}
+    if candidates.size and candidates[0] == 0.0:
+        outputs[0.0] = y0.copy()
+    step_t, step_loss, step_rate = [0.0], [np.nan], [np.nan]
+    pieces, times, keep_dense = [], [0.0], True
+    next_out = int(np.searchsorted(candidates, 0.0, side="right"))
+    status, message, converged = 0, "reached t_max", None if convergence is None else False
+    if field.first is not None:
+        step_loss[0], step_rate[0] = field.first
+    while solver.status == "running":
+        step_message = solver.step()
+        if solver.status == "failed":
+            status, message = -1, f"integration step failed at t={solver.t:g}: {step_message}"
+            break
+        piece = solver.dense_output()
+        t = solver.t
+        end = field.at_step_end(t, solver.y)
+        step_t.append(t)
+        step_loss.append(np.nan if end is None else end[0])
+        step_rate.append(np.nan if end is None else end[1])
+        while next_out < candidates.size and candidates[next_out] <= t:
+            outputs[float(candidates[next_out])] = piece(candidates[next_out])
+            next_out += 1
+        if keep_dense:         # ~8 numbers per state entry and step (DOP853 keeps 7 stages)
+            pieces.append(piece)
+            times.append(t)
+            if len(pieces) * 8 * n > DENSE_OUTPUT_LIMIT:
+                keep_dense = False
+                pieces.clear()
+        progress.update(t)
+        if convergence is not None:
+            while convergence.due(t):
+                tc = convergence.next_t
+                loss, rate = field.measure(piece(tc))
+                if convergence.record(tc, loss, rate):
+                    converged, message = True, convergence.message()
+                    break
+            if converged:
+                break
+        why = budget.exceeded(field.nfev, t) if solver.status == "running" else None
+        if why is not None:
+            status, message = -1, why
+            break
+    t_end = step_t[-1]
+    outputs[float(t_end)] = solver.y.copy()
+    if status < 0:
+        message = (f"integration stopped at t={t_end:g} before " +
+                   (f"t_max={t_max:g}" if t_max is not None else "convergence") + f": {message}")
+    elif convergence is not None and not converged:
+        status = -1
+        message = f"not converged by t={t_end:g} (the cap of a run without t_max)"
+    dense = OdeSolution(times, pieces) if keep_dense and pieces else None
+    return Run(t_end, status, message, converged, outputs, np.array(step_t), np.array(step_loss),
+               np.array(step_rate), dense, convergence.checks if convergence is not None else [])

@@ -1,0 +1,74 @@
+"""The population loss and gradient sharded over the workers of a ``dask.distributed`` Client.
+
+The loss is a sum over clusters (docs/model.md section 2), so each worker sums its own shard of
+the clusters with the same kernels and the results are added. The reduced model goes to every
+worker once (``scatter``); each evaluation then sends only the state (S F + S^2 + S numbers) and
+returns a partial loss and gradient of the same size.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .population import check_method, loss, loss_and_gradient
+from .reduction import Reduction
+from .state import State
+
+
+def _check_client(client):
+    status = getattr(client, "status", None)
+    if status is None or not hasattr(client, "submit"):
+        raise InvalidInputError(f"client must be a dask.distributed Client, got {type(client).__name__}")
+    if status != "running":
+        raise InvalidInputError(f"client is not running (status {status!r}): start a new Client")
+    return client
+
+
+def _shard_loss_and_gradient(reduction, method, A, B, B_self, clusters, want_gradient):
+    """One worker's partial sum over its clusters (runs on the worker)."""
+    state = State(reduction, A, B, B_self)
+    if not want_gradient:
+        return loss(state, method, clusters), None
+    value, grad = loss_and_gradient(state, method, clusters)
+    return value, (grad.A_classes, grad.B_classes, grad.B_self)
+
+
+class ShardedPopulation:
+    """Loss and gradient of one reduced model, evaluated by the workers of ``client``.
+
+    Parameters
+    ----------
+    client : dask.distributed.Client
+    reduction : Reduction
+    method : {"exact", "meanfield"}
+    shards : int, optional
+        Number of cluster shards (default: the client's number of workers, at most K).
+    """
+
+    def __init__(self, client, reduction: Reduction, method: str, shards: int | None = None):
+        self.client = _check_client(client)
+        self.method = check_method(method)
+        self.reduction = reduction
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        n = min(reduction.n_clusters, shards or n_workers)
+        self.shards = [np.ascontiguousarray(c, dtype=np.int64)
+                       for c in np.array_split(np.arange(reduction.n_clusters), n) if c.size]
+        self._reduction_future = client.scatter(reduction, broadcast=True)
+
+    def _evaluate(self, state: State, want_gradient: bool):
+        futures = [self.client.submit(_shard_loss_and_gradient, self._reduction_future, self.method,
+                                      state.A_classes, state.B_classes, state.B_self, shard, want_gradient,
+                                      pure=False)
+                   for shard in self.shards]
+        return self.client.gather(futures)
+
+    def loss(self, state: State) -> float:
+        return float(sum(part[0] for part in self._evaluate(state, False)))
+
+    def loss_and_gradient(self, state: State) -> tuple[float, State]:
+        parts = self._evaluate(state, True)
+        value = sum(p[0] for p in parts)
+        gA = sum(p[1][0] for p in parts)
+        gB = sum(p[1][1] for p in parts)
+        gS = sum(p[1][2] for p in parts)
+        return float(value), State(self.reduction, gA, gB, gS)
