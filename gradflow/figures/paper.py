@@ -1,7 +1,9 @@
 """The paper's figures, from the flow and from Monte-Carlo trained transformers.
 
 ``make_figures(out_dir, quick=False)`` writes six figures as PNG and PDF and returns, per figure,
-the paths and the numbers drawn (so tests can check the data, not only that a file exists).
+the paths, the numbers drawn and the Figure (so tests can check what is drawn, not only that a
+file exists). The science they show (phase times, power-law fits and their ranges, the phase
+diagram) is computed in ``gradflow.analysis`` and the layers below; this module only draws it.
 Matplotlib is used through ``Figure`` objects only: no pyplot state, no display needed.
 """
 from __future__ import annotations
