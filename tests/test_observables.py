@@ -13,7 +13,7 @@ from gradflow import (
     attention_diversity,
     phases,
 )
-from gradflow.analysis.scaling import fit_power_law, phase_scaling
+from gradflow.analysis.scaling import fit_power_law, local_slopes, phase_scaling, power_law_range
 from gradflow.flow.phase_times import crossing_time, local_mask
 
 
@@ -100,12 +100,49 @@ def test_fit_power_law_recovers_exponent():
     assert lo < 0.7 < hi and hi - lo < 0.6
 
 
+def _settled_start_brute_force(x, y, tol, min_points):
+    """Reference for power_law_range: try every tail, longest first."""
+    for start in range(x.size - min_points + 1):
+        s = np.diff(np.log(y[start:])) / np.diff(np.log(x[start:]))
+        if np.all(np.isfinite(s)) and s.max() - s.min() <= tol:
+            return start
+    return None
+
+
+def test_power_law_range():
+    x = np.geomspace(10, 1e5, 12)
+    assert power_law_range(x, 3.0 * x ** 1.5) == 0                  # an exact law holds everywhere
+    # T = c + x: the local slope rises towards 1, so the law holds only at the large-x end
+    for c, tol in ((30.0, 0.05), (30.0, 0.01), (300.0, 0.05), (3e4, 0.05)):
+        y = c + x
+        assert power_law_range(x, y, tol) == _settled_start_brute_force(x, y, tol, 3), (c, tol)
+    start = power_law_range(x, 30.0 + x)
+    s = local_slopes(x, 30.0 + x)
+    assert 0 < start < x.size - 3 and s[start:].max() - s[start:].min() <= 0.05
+    assert s[start - 1:].max() - s[start - 1:].min() > 0.05              # the longest such tail
+    assert power_law_range(x, 3e4 + x) is None                           # still bending at the end
+    y = 3.0 * x ** 1.5
+    y[-1] = np.nan                                                       # not reached at the largest x
+    assert power_law_range(x, y) is None
+    assert power_law_range(x[:2], y[:2]) is None                         # two points are no law
+    with pytest.raises(ValueError, match="increasing"):
+        power_law_range(x[::-1], y)
+
+
 def test_phase_scaling_global_local():
-    r = phase_scaling("global_local", [36, 64, 144, 256], n_local=4, local_size=4, mask_ratio=0.5)
+    r = phase_scaling("global_local", [256, 36, 144, 64], n_local=4, local_size=4, mask_ratio=0.5)
     assert r.which == "local"
+    assert list(r.Ps) == [36, 64, 144, 256]                              # reported in ascending order
     assert np.all(np.diff(r.times["T2"]) > 0)                  # the target grows later at larger P
-    assert 0.5 < r.slopes["T2"] < 1.1 and abs(r.slopes["T1"]) < 0.1
-    assert "slope" in r.table()
+    # the local slope of T2 rises (0.61 -> 0.75) over these sizes: no power law is fitted
+    s2 = r.local_slopes["T2"]
+    assert np.all(np.diff(s2) > 0) and 0.5 < s2[0] and s2[-1] < 1.0 and s2[-1] - s2[0] > r.tol
+    assert r.fit_start["T2"] is None and np.isnan(r.slopes["T2"]) and r.fit_range("T2") is None
+    # T1 is nearly flat: fitted on all four sizes, and the fitted law goes through the points
+    assert r.fit_range("T1") == (36, 256) and abs(r.slopes["T1"]) < 0.1
+    np.testing.assert_allclose(r.fitted("T1", r.Ps), r.times["T1"], rtol=0.02)
+    assert r.slopes["T1"] == pytest.approx(fit_power_law(r.Ps, r.times["T1"])[0], rel=1e-12)
+    assert "slope" in r.table() and "none" in r.table()
     with pytest.raises(ValueError, match="Ps"):
         phase_scaling("global_local", [64])
 
@@ -141,6 +178,6 @@ def test_single_patch_areas_have_no_target():
 
 def test_phase_scaling_by_preset_name_balanced():
     r = phase_scaling("balanced", [16, 36, 64])
-    assert r.which == "all" and abs(r.slopes["T2"]) < 0.2
+    assert r.which == "all" and abs(r.slopes["T2"]) < 0.2 and r.fit_range("T2") == (16, 64)
     with pytest.raises(ValueError, match="Ps"):
         phase_scaling("global_local", [16.5, 36])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..flow.phase_times import phases
+from ..flow.phase_times import phases, summarize
 from ..flow.solver import solve
 from ..model.presets import global_local
 
@@ -18,7 +18,7 @@ class PhaseDiagram:
     n_local: np.ndarray      # (J,) local areas per cluster
     share: np.ndarray        # (J,) global-area share of the patches, 1 - n_local * local_size / P
     gamma: np.ndarray        # (I,) mask ratios
-    T2: np.ndarray           # (I, J) median T2 over local queries, NaN where not reached by all
+    T2: np.ndarray           # (I, J) median T2 over local queries (``summarize``), NaN where not reached
     two_phases: np.ndarray   # (I, J) every local query has T1 < T2
 
 
@@ -31,7 +31,6 @@ def phase_diagram(P: int, n_locals, gammas, local_size: int = 4, t_max: float = 
         for j, n in enumerate(n_locals):
             ph = phases(solve(global_local(P, n_local=n, local_size=local_size, mask_ratio=g), t_max))
             loc = ph.is_local
-            if np.isfinite(ph.T2[loc]).all():
-                T2[i, j] = np.median(ph.T2[loc])
+            T2[i, j] = summarize(ph).time("T2")      # the one phase summary every report uses
             two[i, j] = bool(np.all(ph.T1[loc] < ph.T2[loc]))
     return PhaseDiagram(np.asarray(n_locals), share, np.asarray(gammas, dtype=float), T2, two)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..io import atomic_path
 
@@ -28,11 +28,13 @@ def new_figure(width: float, height: float) -> Figure:
 
 @dataclass
 class FigureResult:
-    """A drawn figure: its files, its size in inches, and the numbers it shows (for tests)."""
+    """A drawn figure: its files, its size in inches, the numbers it shows, and the Figure itself
+    (so that tests can check what was drawn, not only that a file exists)."""
 
     paths: list
     data: dict
     size: tuple
+    figure: Figure | None = None
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str, data: dict) -> FigureResult:
@@ -43,7 +45,7 @@ def save_figure(fig: Figure, out_dir: Path, name: str, data: dict) -> FigureResu
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext)
         paths.append(path)
-    return FigureResult(paths, data, tuple(fig.get_size_inches()))
+    return FigureResult(paths, data, tuple(fig.get_size_inches()), fig)
 
 
 def representative_queries(model):
@@ -56,25 +58,55 @@ def representative_queries(model):
     return local_pos, global_pos, glob
 
 
-def plain_log_ticks(axis, short: bool = False) -> None:
-    """Log-axis labels as plain numbers (100, not 10^2). On a short range (about a decade) label
-    1-2-3-5-7 steps, which the decades alone would leave nearly unlabelled."""
-    if short:
-        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+def plain_log_ticks(axis) -> None:
+    """Log-axis labels as plain numbers (100, not 10^2), at least three of them: the decades on a
+    wide range; 1-2-5 or 1-2-3-5-7 steps within a decade or two; on a range under a factor of
+    about 3, a few evenly stepped values (which the log steps would leave unlabelled)."""
+    lo, hi = sorted(axis.axes.get_xlim() if axis is axis.axes.xaxis else axis.axes.get_ylim())
     axis.set_major_formatter(FormatStrFormatter("%g"))
     axis.set_minor_formatter(NullFormatter())
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 2.0, 3.0, 5.0, 7.0)):
+        # counted here: LogLocator itself silently falls back to linear steps on a short range
+        inside = [v for k in decades for v in np.multiply(subs, 10.0 ** k) if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+        if len(inside) >= 3:
+            axis.set_major_locator(LogLocator(base=10, subs=subs))
+            return
+    axis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
 
 
 def seeds_label(n: int) -> str:
     return f"{n} seed" + ("s" if n != 1 else "")
 
 
-def seed_band(ax, t, samples, color, label):
-    """MC mean as markers and the min-max band over seeds."""
-    mean = samples.mean(axis=0)
-    ax.plot(t, mean, "o", ms=2.5, color=color, alpha=0.8, label=label)
-    if samples.shape[0] > 1:
-        ax.fill_between(t, samples.min(axis=0), samples.max(axis=0), color=color, alpha=0.25, lw=0)
-    return mean
+def log_thin(t: np.ndarray, per_decade: int = 12) -> np.ndarray:
+    """Indices of about ``per_decade`` records per decade of positive times ``t``: Monte-Carlo
+    records are evenly spaced in t, so on a log axis they would pile up at late times into a
+    solid bar hiding the flow's line."""
+    t = np.asarray(t, float)
+    pos = np.flatnonzero(t > 0)
+    if pos.size < 2:
+        return pos
+    n = max(2, int(np.ceil(per_decade * np.log10(t[pos[-1]] / t[pos[0]]))) + 1)
+    want = np.geomspace(t[pos[0]], t[pos[-1]], n)
+    return np.unique(pos[np.searchsorted(t[pos], want).clip(0, pos.size - 1)])
 
 
+def seed_band(ax, t, samples, color, label, relative: bool = False):
+    """Monte-Carlo mean over seeds as dots (thinned on a log time axis) and the min-max band over
+    seeds. With several seeds, the label says how wide the band is at most (absolute, or relative
+    to the mean when ``relative``), since it can be too narrow to see. Returns (mean, low, high)."""
+    samples = np.asarray(samples, float)
+    mean, lo, hi = samples.mean(axis=0), samples.min(axis=0), samples.max(axis=0)
+    n = samples.shape[0]
+    if label is not None:
+        label = f"{label}, mean of {seeds_label(n)}"
+        if n > 1:
+            width = np.nanmax((hi - lo) / np.abs(mean)) if relative else np.nanmax(hi - lo)
+            label += f"\n(seeds differ by at most {100 * width:.2g}%)" if relative \
+                else f"\n(seeds differ by at most {width:.2g})"
+    shown = log_thin(t)
+    ax.plot(np.asarray(t)[shown], mean[shown], "o", ms=2.5, color=color, alpha=0.85, label=label, zorder=3)
+    if n > 1:
+        ax.fill_between(t, lo, hi, color=color, alpha=0.25, lw=0)
+    return mean, lo, hi
