@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ._validate import positive_real
 from .analysis.comparison import compare
 from .analysis.verification import verify
@@ -159,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("images", help="flows of data models made from photographs, and their pictures")
     i.add_argument("files", nargs="*", type=Path, help="image files to read (any format scikit-image reads)")
     i.add_argument("--sample", help="comma-separated names of photographs shipped with scikit-image "
-                   "(e.g. astronaut,camera,coffee; faces lfw:0 .. lfw:199; 'default' for 16 photographs)")
+                   "(e.g. astronaut,camera,coffee; faces lfw:0 .. lfw:199; 'default', also when no FILES are "
+                   "given: 16 photographs)")
     i.add_argument("--grid", default="14", help="patches per side, or ROWSxCOLS (default: %(default)s)")
     i.add_argument("--areas", type=int, default=8, help="areas per image (default: %(default)s)")
     i.add_argument("--mask-ratio", type=float, default=0.5, help="mask probability gamma (default: %(default)s)")
@@ -293,9 +296,7 @@ def cmd_images(args) -> int:
     from .analysis.image_flows import ImageFlow, image_flow
     from .figures.images import draw_images, draw_learned_last
     from .model.images import DEFAULT_SAMPLES, read_image, sample_images
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "images.nc"
-    check_output_path(path, "--out")
     if args.redraw:
         if args.files or args.sample:
             raise InvalidInputError("--redraw reads OUT/images.nc: give no FILES and no --sample")
@@ -309,6 +310,8 @@ def cmd_images(args) -> int:
             names = None if args.sample in (None, "default") else args.sample.split(",")
             images = sample_images(DEFAULT_SAMPLES if names is None else names)
         query = None if args.query is None else _pair("--query", args.query, ",")
+        args.out.mkdir(parents=True, exist_ok=True)     # the inputs are good: make room for the results
+        check_output_path(path, "--out")
         flow = image_flow(images, _pair("--grid", args.grid, "x", square=True), args.areas, args.t_max, method=args.method,
                           mask_ratio=args.mask_ratio, amplitudes=args.amplitudes, segmentation=args.segmentation,
                           query=query)
@@ -323,13 +326,18 @@ def cmd_images(args) -> int:
     print(f"  masked query shown: patch (row {row}, col {col}) of every image")
     print(flow.area_table().table())
     print(flow.learned_last().text())
-    paths = [path]
+    rho = flow.shared_area_attention()
+    if np.isfinite(rho).any():
+        print(f"  at the end, the query's weight on a key of its area rises with the number of images in which "
+              f"that key shares its area: rank correlation {np.nanmin(rho):+.2f} .. {np.nanmax(rho):+.2f} "
+              f"over the images")
+    paths = [] if args.redraw else [path]
     for k, name in enumerate(flow.names):
         paths += draw_images(flow, args.out, [k], f"images_{k:02d}").paths
     paths += draw_images(flow, args.out, range(min(4, len(flow.names))), "images_overview").paths
     paths += draw_learned_last(flow, args.out).paths
-    print(f"  wrote {len(paths)} files into {args.out}: images.nc, images_NN.png/pdf per image, "
-          f"images_overview, images_t2")
+    print(f"  wrote {len(paths)} files into {args.out}: " + ("" if args.redraw else "images.nc, ")
+          + "images_NN.png/pdf per image, images_overview, images_t2 (png/pdf)")
     return 0
 
 

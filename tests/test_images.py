@@ -325,6 +325,19 @@ def test_saved_flow_redraws_without_solving(small_flow, tmp_path):
     assert np.all(other.query == 0) and not np.allclose(other.query_attention[:, -1], loaded.query_attention[:, -1])
 
 
+def test_shared_area_attention_counts_co_membership():
+    """Two clusters: in cluster 0 the query's area is {0, 1, 2, 3}; key 1 shares it in both
+    clusters, keys 2 and 3 in cluster 0 only: ranks (3, 1.5, 1.5) against weights ranked (3, 2, 1)
+    give rho = 1.5 / sqrt(1.5 * 2) = sqrt(3) / 2."""
+    from gradflow import Cluster, DataModel
+    from gradflow.analysis.areas import shared_area_attention
+    model = DataModel(n_patches=6, clusters=[Cluster([0, 0, 0, 0, 1, 1]), Cluster([0, 0, 1, 1, 1, 1])])
+    attention = np.array([[0.1, 0.5, 0.3, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    rho = shared_area_attention(model, np.array([0, 5]), attention)
+    assert rho[0] == pytest.approx(np.sqrt(3) / 2)
+    assert np.isnan(rho[1])                             # cluster 1: equal weights have no ranking
+
+
 def test_area_boundaries_of_a_known_map():
     segs = area_boundaries([[0, 0, 1], [2, 2, 1]])
     assert sorted(map(lambda s: tuple(map(tuple, s)), segs.tolist())) == sorted([
@@ -355,8 +368,10 @@ def test_images_command_and_redraw(tmp_path, capsys):
     assert np.array_equal(flow.labels(0), segment(picture, (5, 5), 2))
     assert main(["images", "--redraw", "--out", str(out)]) == 0
     again = capsys.readouterr().out
-    assert again.split("areas and their phases")[1] == first.split("areas and their phases")[1]
-    assert "patch (row 2, col 2)" in again
+    def table(text):
+        return text.split("areas and their phases")[1].split("  wrote")[0]
+    assert table(again) == table(first)
+    assert "patch (row 2, col 2)" in again and "wrote 6 files" in again       # no images.nc written
     assert main(["images", "--redraw", "--query", "1,3", "--out", str(out)]) == 0
     assert "patch (row 1, col 3)" in capsys.readouterr().out
     assert main(["images", "--sample", "nosuch", "--out", str(out)]) == 2

@@ -130,7 +130,8 @@ class LearnedLast:
     the same rank correlation computed inside each image; ``regression`` = coefficients of
     log T2 on log size, log amplitude and border distance (areas that reached T2), with 95%
     confidence intervals and R^2; ``last`` = per image, the area with the largest T2 and whether
-    it is that image's smallest area and its lowest-amplitude area.
+    it is that image's smallest area and its lowest-amplitude area; ``size_amplitude`` the rank
+    correlation of size and amplitude over the same areas (they are not independent in photographs).
     """
 
     n_areas: int
@@ -140,6 +141,7 @@ class LearnedLast:
     regression: dict
     r_squared: float
     last: list
+    size_amplitude: float = np.nan      # rank correlation of size and amplitude themselves
 
     def text(self) -> str:
         lines = [f"which areas are learned last: T2 of {self.n_areas} areas with a target "
@@ -148,6 +150,7 @@ class LearnedLast:
         for n in PREDICTORS:
             rho, p = self.spearman[n]
             lines.append(f"    {n:<16} rho = {rho:+.3f} (p = {p:.2g}); within an image {self.within_image[n]:+.3f}")
+        lines.append(f"  (size and amplitude themselves: rho = {self.size_amplitude:+.3f})")
         if self.regression:
             lines.append(f"  least squares, log T2 = a + b log size + c log amplitude + d border (R^2 = "
                          f"{self.r_squared:.3f}):")
@@ -206,7 +209,24 @@ def learned_last(table: AreaTable) -> LearnedLast:
         last.append({"image": table.names[k], "area": int(c["area"][i]), "T2": float(c["T2"][i]),
                      "smallest": bool(c["size"][i] == c["size"][sel].min()),
                      "weakest": bool(c["amplitude"][i] == c["amplitude"][sel].min())})
-    return LearnedLast(int(has.sum()), int(ok.sum()), spearman, within, regression, r2, last)
+    return LearnedLast(int(has.sum()), int(ok.sum()), spearman, within, regression, r2, last,
+                       _spearman(c["size"][has], c["amplitude"][has])[0])
+
+
+def shared_area_attention(model, query: np.ndarray, attention: np.ndarray) -> np.ndarray:
+    """(K,) per cluster k: the rank correlation, over the keys of the query's own area, between the
+    query's attention weight on a key (``attention[k]``, (P,)) and the number of clusters in which
+    that key shares the query's area. The position-position correlations B are shared by all
+    clusters, so a key that shares the query's area in many images gains weight in every one."""
+    shared = np.sum([cl.areas[:, None] == cl.areas[None, :] for cl in model.clusters], axis=0)
+    out = np.full(model.n_clusters, np.nan)
+    for k, cl in enumerate(model.clusters):
+        p = int(query[k])
+        own = cl.areas == cl.areas[p]
+        own[p] = False
+        if own.sum() >= 3:
+            out[k] = _spearman(shared[p, own], attention[k][own])[0]
+    return out
 
 
 # ---- how well a segmentation follows the image ---------------------------------------------------
@@ -261,4 +281,4 @@ def segmentation_quality(images=None, grid=(14, 14), n_areas: int = 8, methods=i
 
 
 __all__ = ["AreaTable", "LearnedLast", "SegmentationQuality", "area_table", "border_distance", "learned_last",
-           "segmentation_quality", "within_area_fraction"]
+           "segmentation_quality", "shared_area_attention", "within_area_fraction"]

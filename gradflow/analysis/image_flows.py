@@ -9,6 +9,7 @@ back, so the figures (``gradflow.figures.images``) can be drawn again without so
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..flow.solver import default_times, solve
 from ..io import read_dataset, write_dataset
 from ..model import images as image_models
 from ..theory.population import attention_maps
-from .areas import AreaTable, LearnedLast, area_table, learned_last
+from .areas import AreaTable, LearnedLast, area_table, learned_last, shared_area_attention
 
 FORMAT_VERSION = 1
 DISPLAY_SIDE = 320              # display copies of the photographs: at most this many pixels a side
@@ -124,6 +125,11 @@ class ImageFlow:
     def learned_last(self) -> LearnedLast:
         return learned_last(self.area_table())
 
+    def shared_area_attention(self) -> np.ndarray:
+        """(K,) rank correlation, within the query's own area at the end of the flow, of the
+        attention on a key with the number of images in which it shares the query's area."""
+        return shared_area_attention(self.model, self.query, self.query_attention[:, -1])
+
     def with_query(self, query) -> "ImageFlow":
         """The same flow with another masked query (one patch for every image)."""
         p = _check_query(query, self.grid)
@@ -154,7 +160,9 @@ class ImageFlow:
             **{f"{n}_classes": (("cluster", "class"), getattr(self.ph, n)[:, rep]) for n in PHASE_NAMES},
         )
         ds = ds.assign_coords(moment=list(MOMENTS))
-        ds["image"].encoding.update(zlib=True, complevel=4)
+        for name in ds.data_vars:           # the states dominate (~40 MB for 16 images): compress what packs
+            if ds[name].dtype.kind in "iuf":
+                ds[name].encoding.update(zlib=True, complevel=4)
         ds["labels"].attrs["long_name"] = "area label of every patch (cluster k = image k)"
         ds.attrs.update(kind="image_flow", image_flow_format=FORMAT_VERSION, eps=self.ph.eps,
                         **{f"setting_{key}": value for key, value in self.settings.items()})
@@ -246,8 +254,8 @@ def image_flow(images, grid=(14, 14), n_areas: int = 8, t_max: float | None = No
     names : sequence of str, optional
         Names of the images when ``images`` is a sequence (default "image0", ...).
     """
-    if isinstance(images, dict):
-        names, arrays = list(images), list(images.values())
+    if isinstance(images, Mapping):
+        names, arrays = [str(n) for n in images], list(images.values())
     else:
         arrays = image_models._image_list(images)
         names = [f"image{k}" for k in range(len(arrays))] if names is None else [str(n) for n in names]

@@ -213,10 +213,17 @@ def draw_learned_last(flow: ImageFlow, out_dir, name: str = "images_t2") -> Figu
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
             rho, pval = result.spearman[xname]
-            ax.set_title(f"Spearman rho = {rho:+.2f} (p = {pval:.1g})")
+            ax.set_title(f"rank correlation with T2: rho = {rho:+.2f} (p = {pval:.1g})")
             plain_log_ticks(ax.xaxis)
+            plain_log_ticks(ax.yaxis)
             cbar = fig.colorbar(sc, ax=ax, pad=0.01, aspect=25)
-            cbar.set_label(cname, fontsize=7)
+            cbar.set_label(f"area {cname}", fontsize=7)
+            plain_log_ticks(cbar.ax.yaxis, short=norm.vmax / norm.vmin < 30)
+        if result.regression:
+            b_size, b_amp = result.regression["log size"][0], result.regression["log amplitude"][0]
+            axes[1].text(0.97, 0.97, f"least squares over the areas:\nT2 ~ size^{b_size:.2f} x amplitude^{b_amp:.2f}\n"
+                         f"R^2 = {result.r_squared:.2f}", transform=axes[1].transAxes, ha="right", va="top",
+                         fontsize=7, bbox=dict(fc="white", ec="0.7", lw=0.5))
         axes[0].set_ylabel("T2 (own-area attention at half its ceiling)")
         fig.suptitle(f"Which areas are learned last: T2 of {int(has.sum())} areas of {len(flow.names)} images",
                      fontsize=9)
