@@ -305,16 +305,19 @@ def cmd_images(args) -> int:
         if args.files and args.sample:
             raise InvalidInputError("give image FILES or --sample NAMES, not both")
         if args.files:
-            images = {p.name: read_image(p) for p in args.files}
+            names = [p.name for p in args.files]
+            if len(set(names)) < len(names):       # same file names in different folders: keep the paths
+                names = [str(p) for p in args.files]
+            images = {n: read_image(p) for n, p in zip(names, args.files)}
         else:
             names = None if args.sample in (None, "default") else args.sample.split(",")
             images = sample_images(DEFAULT_SAMPLES if names is None else names)
         query = None if args.query is None else _pair("--query", args.query, ",")
+        grid = _pair("--grid", args.grid, "x", square=True)
         args.out.mkdir(parents=True, exist_ok=True)     # the inputs are good: make room for the results
         check_output_path(path, "--out")
-        flow = image_flow(images, _pair("--grid", args.grid, "x", square=True), args.areas, args.t_max, method=args.method,
-                          mask_ratio=args.mask_ratio, amplitudes=args.amplitudes, segmentation=args.segmentation,
-                          query=query)
+        flow = image_flow(images, grid, args.areas, args.t_max, method=args.method, mask_ratio=args.mask_ratio,
+                          amplitudes=args.amplitudes, segmentation=args.segmentation, query=query)
         flow.save(path)
     if args.redraw and args.query is not None:
         flow = flow.with_query(_pair("--query", args.query, ","))

@@ -359,21 +359,20 @@ def test_images_command_and_redraw(tmp_path, capsys):
     picture = np.where((rows - 18) ** 2 + (cols - 22) ** 2 < 150, 220, 30).astype(np.uint8)
     imsave(tmp_path / "disc.png", picture)
     out = tmp_path / "out"
-    args = ["--grid", "5", "--areas", "2", "--t-max", "300", "--method", "exact", "--out", str(out)]
+    args = ["--grid", "5", "--areas", "2", "--t-max", "300", "--method", "exact", "--query", "1,3",
+            "--out", str(out)]
     assert main(["images", str(tmp_path / "disc.png"), *args]) == 0
     first = capsys.readouterr().out
     assert "disc.png" in first and (out / "images.nc").is_file() and (out / "images_00.png").is_file()
     assert (out / "images_t2.png").is_file() and (out / "images_overview.png").is_file()
     flow = ImageFlow.load(out / "images.nc")
-    assert np.array_equal(flow.labels(0), segment(picture, (5, 5), 2))
+    assert np.array_equal(flow.labels(0), segment(picture, (5, 5), 2)) and flow.query.tolist() == [8]
     assert main(["images", "--redraw", "--out", str(out)]) == 0
     again = capsys.readouterr().out
     def table(text):
         return text.split("areas and their phases")[1].split("  wrote")[0]
     assert table(again) == table(first)
-    assert "patch (row 2, col 2)" in again and "wrote 6 files" in again       # no images.nc written
-    assert main(["images", "--redraw", "--query", "1,3", "--out", str(out)]) == 0
-    assert "patch (row 1, col 3)" in capsys.readouterr().out
+    assert "patch (row 1, col 3)" in again and "wrote 6 files" in again       # no images.nc written
     assert main(["images", "--sample", "nosuch", "--out", str(out)]) == 2
     assert main(["images", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
     (tmp_path / "not.png").write_text("no image")
@@ -394,4 +393,7 @@ def test_sixteen_photographs_at_full_size():
     for k in range(16):
         assert_valid_labels(flow.labels(k), (14, 14), 8, min_area=2)
     table = flow.area_table()
-    assert len(table) == 128 and np.isfinite(table["T1"]).mean() > 0.9
+    assert len(table) == 128 and np.isfinite(table["T1"]).mean() > 0.75     # 0.85 at t = 2000
+    for k, img in enumerate(images.values()):
+        rows = table["image"] == k
+        np.testing.assert_allclose(table["amplitude"][rows], area_amplitudes(img, flow.labels(k)), rtol=1e-12)
