@@ -129,6 +129,7 @@ def test_min_area_and_every_patch_its_own_area(shipped):
     (np.zeros((30, 30)), {"grid": (0, 4)}, "grid"),
     (np.zeros((30, 30)), {"method": "slick"}, "method"),
     (np.zeros((30, 30)), {"min_area": 0}, "min_area"),
+    (np.zeros((30, 30)), {"method": "voronoi", "seed": -1}, "seed"),
     (np.full((30, 30, 4), 2.0), {}, "alpha"),                     # float alpha outside [0, 1]
 ])
 def test_bad_images_and_arguments_are_refused_by_name(image, kwargs, field):

@@ -75,7 +75,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .._validate import choice, fmt, is_int, positive_int, real, suggest
+from .._validate import choice, fmt, is_int, nonnegative_int, positive_int, real, suggest
 from ..errors import FileFormatError, InvalidInputError
 from .amplitude import Amplitude
 from .datamodel import Cluster, DataModel
@@ -550,14 +550,13 @@ def segment(image, grid=(14, 14), n_areas: int = 8, *, method: str = "slic", see
     grid = _check_grid(grid)
     n_areas = _check_n_areas(n_areas, grid)
     method = choice("method", method, METHODS)
-    if not is_int(seed):
-        raise InvalidInputError(f"seed must be an integer, got {fmt(seed)}")
+    seed = nonnegative_int("seed", seed)
     min_area = positive_int("min_area", min_area)
     compactness = real("compactness", compactness, low=0.0, low_open=True)
     img = image_array(image)
     _check_size(img, grid, "image")
     means = _block_reduce(_normalised(img), grid, lambda block: block.mean(axis=0))
-    initial = _initial_segments(img, means, grid, n_areas, method, int(seed), compactness)
+    initial = _initial_segments(img, means, grid, n_areas, method, seed, compactness)
     return exact_areas(initial, _repair_features(means), n_areas, min_area)
 
 
