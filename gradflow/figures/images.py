@@ -208,7 +208,7 @@ def draw_learned_last(flow: ImageFlow, out_dir, name: str = "images_t2") -> Figu
                 ax.scatter(c[xname][missing], np.full(missing.sum(), top), c=c[cname][missing], cmap=cmap,
                            norm=norm, marker="^", s=22, edgecolors="black", linewidths=0.3,
                            label="T2 not reached")
-                ax.legend(loc="lower left", fontsize=7)
+                ax.legend(loc="upper left" if xname == "size" else "lower left", fontsize=7)   # where no points are
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
