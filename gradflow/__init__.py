@@ -16,7 +16,19 @@ The contract is docs/model.md. The layers, bottom up, each importing only those 
 import sys
 
 from ._version import __version__
-from .analysis import Comparison, Report, ScalingResult, compare, phase_scaling, verify
+from .analysis import (
+           AreaTable,
+           Comparison,
+           ImageFlow,
+           Report,
+           ScalingResult,
+           area_table,
+           compare,
+           image_flow,
+           learned_last,
+           phase_scaling,
+           verify,
+)
 from .errors import (
            ConfigError,
            FileFormatError,
@@ -33,7 +45,7 @@ from .flow import (
            solve,
            summarize,
 )
-from .model import Amplitude, Cluster, DataModel, presets
+from .model import Amplitude, Cluster, DataModel, images, presets
 from .theory import (
            State,
            area_oracle_loss,
@@ -46,9 +58,12 @@ from .training import TrainRun, train_transformer
 # ``gradflow.presets`` is the documented namespace of ready-made models: make
 # ``from gradflow.presets import global_local`` work as well as attribute access
 sys.modules.setdefault(f"{__name__}.presets", presets)
+# ``gradflow.images``: models from photographs (segment, data_model, sample_images), importable alike
+sys.modules.setdefault(f"{__name__}.images", images)
 
-__all__ = ["Amplitude", "Cluster", "Comparison", "ConfigError", "DataModel", "FileFormatError", "GradflowError",
-           "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report", "ScalingResult",
-           "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "attention_diversity", "compare",
-           "expected_attention", "phase_scaling", "phases", "population_grad", "population_loss", "presets",
+__all__ = ["Amplitude", "AreaTable", "Cluster", "Comparison", "ConfigError", "DataModel", "FileFormatError", "GradflowError",
+           "ImageFlow", "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report", "ScalingResult",
+           "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "area_table", "attention_diversity",
+           "compare", "expected_attention", "image_flow", "images", "learned_last", "phase_scaling", "phases",
+           "population_grad", "population_loss", "presets",
            "solve", "summarize", "train_transformer", "verify"]

@@ -6,6 +6,7 @@
     gradflow compare SOLUTION RUN [RUN ...]
     gradflow verify  [model] [--mc]         exit 0 when every check passes, 1 otherwise
     gradflow figures [--quick] --out DIR
+    gradflow images  [--sample NAMES | FILES...] --grid 14 --areas 8 --out DIR [--redraw]
     gradflow bench   [--quick] [--json FILE]
     gradflow sweep   --grid GRID.toml --out DIR [--scheduler ADDRESS] | --example
     gradflow config  --example
@@ -20,6 +21,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from ._validate import positive_real
 from .analysis.comparison import compare
@@ -155,6 +158,23 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     b.add_argument("--json", type=Path, help="also write the results as JSON")
 
+    i = sub.add_parser("images", help="flows of data models made from photographs, and their pictures")
+    i.add_argument("files", nargs="*", type=Path, help="image files to read (any format scikit-image reads)")
+    i.add_argument("--sample", help="comma-separated names of photographs shipped with scikit-image "
+                   "(e.g. astronaut,camera,coffee; faces lfw:0 .. lfw:199; 'default', also when no FILES are "
+                   "given: 16 photographs)")
+    i.add_argument("--grid", default="14", help="patches per side, or ROWSxCOLS (default: %(default)s)")
+    i.add_argument("--areas", type=int, default=8, help="areas per image (default: %(default)s)")
+    i.add_argument("--mask-ratio", type=float, default=0.5, help="mask probability gamma (default: %(default)s)")
+    i.add_argument("--amplitudes", default="contrast", help="contrast or unit (default: %(default)s)")
+    i.add_argument("--segmentation", default="slic", help="slic, slic-pixels, felzenszwalb or voronoi "
+                   "(default: %(default)s)")
+    i.add_argument("--t-max", type=float, help="length of the flow (default: 5000 x the number of images)")
+    i.add_argument("--method", default="meanfield", help="meanfield or exact (default: %(default)s)")
+    i.add_argument("--query", help="masked query shown in every image as ROW,COL (default: the centre patch)")
+    i.add_argument("--out", type=Path, required=True, help="directory for images.nc and the figures")
+    i.add_argument("--redraw", action="store_true", help="draw again from OUT/images.nc without solving")
+
     f = sub.add_parser("figures", help="make the six figures (PNG and PDF)")
     f.add_argument("--out", type=Path, default=Path("figures"), help="directory (default: %(default)s)")
     f.add_argument("--quick", action="store_true", help="small versions, under a minute")
@@ -258,9 +278,75 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def _pair(flag: str, text: str, sep: str, square: bool = False) -> tuple[int, int]:
+    """'12x16' -> (12, 16) for ``sep`` 'x' (',' for ROW,COL); with ``square``, '14' -> (14, 14)."""
+    parts = text.lower().split(sep)
+    if square and len(parts) == 1:
+        parts = parts * 2
+    try:
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    form = f"N or N{sep}M" if square else f"N{sep}M"
+    raise InvalidInputError(f"{flag} must be {form} with integers, got {text!r}")
+
+
+def cmd_images(args) -> int:
+    from .analysis.image_flows import ImageFlow, image_flow
+    from .figures.images import draw_images, draw_learned_last
+    from .model.images import DEFAULT_SAMPLES, read_image, sample_images
+    path = args.out / "images.nc"
+    if args.redraw:
+        if args.files or args.sample:
+            raise InvalidInputError("--redraw reads OUT/images.nc: give no FILES and no --sample")
+        flow = ImageFlow.load(path)
+    else:
+        if args.files and args.sample:
+            raise InvalidInputError("give image FILES or --sample NAMES, not both")
+        if args.files:
+            names = [p.name for p in args.files]
+            if len(set(names)) < len(names):       # same file names in different folders: keep the paths
+                names = [str(p) for p in args.files]
+            images = {n: read_image(p) for n, p in zip(names, args.files)}
+        else:
+            names = None if args.sample in (None, "default") else args.sample.split(",")
+            images = sample_images(DEFAULT_SAMPLES if names is None else names)
+        query = None if args.query is None else _pair("--query", args.query, ",")
+        grid = _pair("--grid", args.grid, "x", square=True)
+        args.out.mkdir(parents=True, exist_ok=True)     # the inputs are good: make room for the results
+        check_output_path(path, "--out")
+        flow = image_flow(images, grid, args.areas, args.t_max, method=args.method, mask_ratio=args.mask_ratio,
+                          amplitudes=args.amplitudes, segmentation=args.segmentation, query=query)
+        flow.save(path)
+    if args.redraw and args.query is not None:
+        flow = flow.with_query(_pair("--query", args.query, ","))
+    sol = flow.solution
+    print(f"gradflow images: {len(flow.names)} images, {sol.model!r}")
+    print(f"  {sol.method} flow to t = {sol.t[-1]:g}: status {sol.status} ({sol.message}), "
+          f"{sol.nfev} gradient evaluations, {sol.wall_time:.1f} s")
+    row, col = divmod(int(flow.query[0]), flow.grid[1])
+    print(f"  masked query shown: patch (row {row}, col {col}) of every image")
+    print(flow.area_table().table())
+    print(flow.learned_last().text())
+    rho = flow.shared_area_attention()
+    if np.isfinite(rho).any():
+        print(f"  at the end, the query's weight on a key of its area rises with the number of images in which "
+              f"that key shares its area: rank correlation {np.nanmin(rho):+.2f} .. {np.nanmax(rho):+.2f} "
+              f"over the images")
+    paths = [] if args.redraw else [path]
+    for k, name in enumerate(flow.names):
+        paths += draw_images(flow, args.out, [k], f"images_{k:02d}").paths
+    paths += draw_images(flow, args.out, range(min(4, len(flow.names))), "images_overview").paths
+    paths += draw_learned_last(flow, args.out).paths
+    print(f"  wrote {len(paths)} files into {args.out}: " + ("" if args.redraw else "images.nc, ")
+          + "images_NN.png/pdf per image, images_overview, images_t2 (png/pdf)")
+    return 0
+
+
 COMMANDS = {None: cmd_default, "solve": cmd_solve, "train": cmd_train, "compare": cmd_compare,
             "verify": cmd_verify, "sweep": cmd_sweep, "config": cmd_config, "bench": cmd_bench,
-            "figures": cmd_figures}
+            "figures": cmd_figures, "images": cmd_images}
 
 
 def main(argv=None) -> int:

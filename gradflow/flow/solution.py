@@ -135,7 +135,12 @@ class Solution:
     @property
     def target_attention_classes(self) -> np.ndarray:
         if self._target_classes is None:
-            self._target_classes = target_attention_along(self.states)
+            masses = getattr(self, "_area_masses", None)     # left by phases(): the same attention by area
+            if masses is not None:
+                area = self.reduction.area_of_class()
+                self._target_classes = np.take_along_axis(masses.by_area, area[None, :, :, None], axis=3)[..., 0]
+            else:
+                self._target_classes = target_attention_along(self.states)
         return self._target_classes
 
     def min_target_fraction(self, i: int = -1) -> float:
