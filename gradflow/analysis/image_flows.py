@@ -32,7 +32,6 @@ MOMENTS = ("t = 0", "T1", "T2", "T3", "end")
 # the t-integral-free mean field is the default until the exact solver is fast at ~200 classes
 DEFAULT_METHOD = "meanfield"
 T_MAX_PER_IMAGE = 5000.0        # default t_max = this x number of images (each cluster has weight 1/K)
-LSODA_MAX_STATE = 40_000        # LSODA's work arrays overflow its 32-bit sizes beyond ~46k unknowns
 
 
 def display_image(image) -> np.ndarray:
@@ -70,13 +69,6 @@ def _check_query(query, grid) -> int:
         pass
     raise InvalidInputError(f"query must be a patch index in 0..{P - 1} or (row, col) in the {grid[0]}x{grid[1]} "
                             f"grid, got {fmt(query)}")
-
-
-def _choose_integrator(model, integrator: str) -> str:
-    if integrator != "auto":
-        return integrator
-    S, F = model.n_classes, model.n_features
-    return "LSODA" if S * F + S * S + S <= LSODA_MAX_STATE else "RK45"
 
 
 @dataclass(eq=False)
@@ -246,8 +238,7 @@ def image_flow(images, grid=(14, 14), n_areas: int = 8, t_max: float | None = No
         The loss the flow descends. Default "meanfield": the exact solver is too slow at the ~190
         signature classes of 16 photographs for now. Observables and phases are exact either way.
     integrator : str
-        "auto": LSODA for small states, RK45 beyond ~40,000 unknowns (LSODA's work arrays
-        overflow); or any name ``solve`` accepts.
+        Passed to ``solve`` ("auto": LSODA for small states, DOP853 for large ones).
     query : int or (row, col), optional
         The masked query whose attention maps are kept (the same patch in every image); default
         the centre patch.
@@ -268,7 +259,7 @@ def image_flow(images, grid=(14, 14), n_areas: int = 8, t_max: float | None = No
     t_max = T_MAX_PER_IMAGE * len(arrays) if t_max is None else positive_real("t_max", t_max)
     # four decades of output times: before t_max / 1e4 the attention has hardly moved, and every
     # output time costs one exact attention measurement of all images
-    sol = solve(model, t_max, method=method, integrator=_choose_integrator(model, integrator),
+    sol = solve(model, t_max, method=method, integrator=integrator,
                 t_eval=default_times(t_max, per_decade=20, decades=4))
     ph = phases(sol)
     area_masses(sol)                # measured by phases and kept: the Solution's target reuses it

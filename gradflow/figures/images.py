@@ -139,7 +139,7 @@ def _row(fig, axes, flow: ImageFlow, k: int, first_row: bool) -> dict:
         cbar = fig.colorbar(im, ax=list(axes[1:6]), shrink=0.85, pad=0.01, aspect=14)
         cbar.set_label("attention weight", fontsize=7)
         cbar.ax.tick_params(labelsize=6)
-        plain_log_ticks(cbar.ax.yaxis, short=norm.vmax / norm.vmin < 30)
+        plain_log_ticks(cbar.ax.yaxis)
 
     ax = axes[6]
     frac = flow.solution.target_fraction[:, k, :]          # (T, P) own-area attention / ceiling
@@ -218,7 +218,7 @@ def draw_learned_last(flow: ImageFlow, out_dir, name: str = "images_t2") -> Figu
             plain_log_ticks(ax.yaxis)
             cbar = fig.colorbar(sc, ax=ax, pad=0.01, aspect=25)
             cbar.set_label(f"area {cname}", fontsize=7)
-            plain_log_ticks(cbar.ax.yaxis, short=norm.vmax / norm.vmin < 30)
+            plain_log_ticks(cbar.ax.yaxis)
         if result.regression:
             b_size, b_amp = result.regression["log size"][0], result.regression["log amplitude"][0]
             axes[1].text(0.97, 0.97, f"least squares over the areas:\nT2 ~ size^{b_size:.2f} x amplitude^{b_amp:.2f}\n"

@@ -18,7 +18,7 @@ from ..model import DataModel
 from ..theory.population import attention_maps, loss, loss_and_gradient
 from ..theory.reduction import position_reduction, signature_reduction
 from ..theory.state import State
-from .observables import OBSERVABLE_METHOD, target_attention_along, target_fraction
+from .observables import OBSERVABLE_METHOD, own_area, target_attention_along, target_fraction
 
 FORMAT_VERSION = 2          # 1: per-position A, B stored beside the classes at small P
 READS = (1, 2)
@@ -137,8 +137,7 @@ class Solution:
         if self._target_classes is None:
             masses = getattr(self, "_area_masses", None)     # left by phases(): the same attention by area
             if masses is not None:
-                area = self.reduction.area_of_class()
-                self._target_classes = np.take_along_axis(masses.by_area, area[None, :, :, None], axis=3)[..., 0]
+                self._target_classes = own_area(masses.by_area, self.reduction)
             else:
                 self._target_classes = target_attention_along(self.states)
         return self._target_classes
