@@ -116,3 +116,27 @@ def test_bad_state_is_a_value_error(bad, field):
         population_loss(m, kw["A"], kw["B"], kw["method"])
     with pytest.raises(ValueError, match=field):
         population_grad(m, kw["A"], kw["B"], kw["method"])
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-4, 3e-3, 0.02])
+def test_gauss_laguerre_rule_near_uniform_attention(two_cluster_model, scale):
+    """When D hardly varies over masks (near Q = 0) the kernels switch to a 2-7 node
+    Gauss-Laguerre rule: it must agree with enumeration and with the NumPy double-exponential
+    reference as closely as the default rule does."""
+    from gradflow.analysis import references
+    from gradflow.theory import quadrature
+    m = two_cluster_model
+    A, B = random_state(m, np.random.default_rng(21), scale)
+    spread = max(np.ptp(B[p]) + np.ptp(A[p]) * 2.0 for p in range(m.n_patches))
+    assert spread <= quadrature.LAGUERRE_RULES[-1][0] * 10 or scale == 0.02
+    loss = population_loss(m, A, B)
+    assert loss == pytest.approx(brute_force_loss(m, A, B), rel=1e-13)
+    ref_loss, ref_gA, ref_gB = references.numpy_loss_and_grad(m, A, B)
+    gA, gB = population_grad(m, A, B)
+    assert loss == pytest.approx(ref_loss, rel=1e-13)
+    scale_g = max(np.abs(ref_gA).max(), np.abs(ref_gB).max(), 1e-300)
+    assert np.abs(gA - ref_gA).max() <= 1e-12 * scale_g + 1e-15
+    assert np.abs(gB - ref_gB).max() <= 1e-12 * scale_g + 1e-15
+    att = expected_attention(m, A, B)
+    _, bf = brute_force_loss(m, A, B, attention=True)
+    np.testing.assert_allclose(att, bf, atol=1e-13)

@@ -59,7 +59,7 @@ def _count_factor_evals(reduction, A, B, B_self):
     for k in range(reduction.cluster_prob.size):
         for s in range(S):
             _, _, lo, hi = query_keys(reduction, A, B, B_self, s, k)
-            n = grid(lo, hi)[2]
+            n = grid(lo, hi)[3]
             per_node = 0
             for r in range(S):
                 if reduction.other_keys[s, r] > 0:

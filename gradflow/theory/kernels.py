@@ -157,8 +157,11 @@ def query_keys(reduction, A, B, B_self, s, k):
     keys = QueryKeys(np.empty(R, np.int64), np.empty(R), np.empty(R), np.empty(R), np.zeros((amax, R)),
                      np.zeros((amax, R)), np.empty(stop - first + 1, np.int64))
     log_c = B_self[s]
-    lo = log_c
+    lo = log_c                  # log D_min, log D_max: in logs (always safe) ...
     hi = log_c
+    d_min = 0.0                 # ... and in linear form while every weight is safely finite
+    d_max = 0.0
+    linear = -600.0 < log_c < 600.0
     i = 0
     for f in range(first, stop):
         keys.bounds[f - first] = i
@@ -174,17 +177,32 @@ def query_keys(reduction, A, B, B_self, s, k):
             keys.beta[i] = _linear(lb)
             amin = np.inf
             amax_r = -np.inf
+            lin_min = keys.beta[i]
+            lin_max = keys.beta[i]
             for a in range(reduction.n_atoms[f]):
                 la = lb + reduction.atom_z[f, a] * A[s, f]
                 keys.log_alpha[a, i] = la
                 keys.alpha[a, i] = _linear(la)
                 amin = min(amin, la)
                 amax_r = max(amax_r, la)
-            lm = math.log(m)
-            lo = logaddexp(lo, lm + min(lb, amin))
-            hi = logaddexp(hi, lm + max(lb, amax_r))
+                lin_min = min(lin_min, keys.alpha[a, i])
+                lin_max = max(lin_max, keys.alpha[a, i])
+            if linear and lin_min > 0.0:                 # every weight of this key safely finite
+                d_min += m * lin_min
+                d_max += m * lin_max
+            else:
+                if linear:              # switch to logs, carrying the linear sums over
+                    lo = logaddexp(lo, math.log(d_min)) if d_min > 0.0 else lo
+                    hi = logaddexp(hi, math.log(d_max)) if d_max > 0.0 else hi
+                    linear = False
+                lm = math.log(m)
+                lo = logaddexp(lo, lm + min(lb, amin))
+                hi = logaddexp(hi, lm + max(lb, amax_r))
             i += 1
     keys.bounds[stop - first] = i
+    if linear:
+        c = math.exp(log_c)
+        return keys, log_c, math.log(c + d_min), math.log(c + d_max)
     return keys, log_c, lo, hi
 
 
@@ -285,8 +303,8 @@ def query_setup(reduction, A, B, B_self, s, k, store):
     terms = new_area_terms(reduction.feature_stop[k] - reduction.feature_start[k], amax)
     # the gradient and attention passes keep every key's (ta, tb, u, w); the loss needs sums only
     stored = np.empty((amax, keys.key_m.size, N_STORED)) if store else np.empty((1, 1, N_STORED))
-    offset, x0, n = grid(log_dmin, log_dmax)
-    return keys, terms, stored, log_c, offset, x0, n
+    rule, offset, x0, n = grid(log_dmin, log_dmax)
+    return keys, terms, stored, log_c, rule, offset, x0, n
 
 
 @njit(cache=True, inline="always")
@@ -301,11 +319,11 @@ def _sum_e2(terms):
 @njit(cache=True)
 def query_loss(method, reduction, A, B, B_self, s, k):
     """Expected loss of a masked query of class s in cluster k."""
-    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
     j0 = reduction.key_feature[k, s] - reduction.feature_start[k]
     integral = 0.0
     for i in range(n):
-        sigma, h = node(offset, x0, i)
+        sigma, h = node(rule, offset, x0, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, False)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j
@@ -323,14 +341,14 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
     Adds d loss / d A[s, f] to ``grad_A_row`` (F,) and d loss / d B[s, r], summed over the keys
     of class r, to ``grad_B_row`` (S,); returns (loss, d loss / d B_self[s]).
     """
-    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
     gamma = reduction.mask_ratio
     first = reduction.feature_start[k]
     j0 = reduction.key_feature[k, s] - first
     integral = 0.0
     d_self = 0.0
     for i in range(n):
-        sigma, h = node(offset, x0, i)
+        sigma, h = node(rule, offset, x0, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, True)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
@@ -375,11 +393,11 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
     Adds the expected mass on the unmasked (``unmasked_row``) and masked (``masked_row``) keys of
     every class, summed over the keys of the class, and returns the mass on the query itself.
     """
-    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
     gamma = reduction.mask_ratio
     on_self = 0.0
     for i in range(n):
-        sigma, h = node(offset, x0, i)
+        sigma, h = node(rule, offset, x0, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, True)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
@@ -408,12 +426,12 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
     returns (mass on masked keys, mass on itself). One pass over the keys per node: the per-area
     sums of the loss pass are all it needs.
     """
-    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
     first = reduction.feature_start[k]
     on_self = 0.0
     masked = 0.0
     for i in range(n):
-        sigma, h = node(offset, x0, i)
+        sigma, h = node(rule, offset, x0, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, False)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
@@ -500,7 +518,7 @@ def meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_
     """Mean-field loss of a masked query (class s, cluster k) and, with ``want_grad``, its
     derivatives (as ``query_loss_grad``); falls back to the per-key integral when a weight is
     not safely finite."""
-    keys, terms, stored, log_c, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, want_grad)
+    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, want_grad)
     if not linear_weights_safe(keys):
         if want_grad:
             return query_loss_grad(MEANFIELD, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
@@ -513,7 +531,7 @@ def meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_
     integral = 0.0
     d_self = 0.0
     for i in range(n):
-        sigma, h = node(offset, x0, i)
+        sigma, h = node(rule, offset, x0, i)
         t = math.exp(sigma)
         sum_log_phi = meanfield_node(reduction, k, t, C, M, terms)
         tc = min(math.exp(sigma + log_c), T_CAP)
