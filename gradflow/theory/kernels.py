@@ -29,7 +29,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import literally, njit, prange
 
 from ._generated import (exact_key_derivatives, exact_key_moments, meanfield_key_derivatives,
                          meanfield_key_moments, meanfield_other_share_grad, meanfield_query_terms)
@@ -38,6 +38,8 @@ from .quadrature import G_STOP, T_CAP, grid, node
 EXACT = 0
 MEANFIELD = 1
 METHODS = {"exact": EXACT, "meanfield": MEANFIELD}
+# The attention kernels take the method as a compile-time literal (numba.literally): each method
+# is compiled on first use only, with the branches of the other pruned (first-run compile time).
 
 
 class QueryKeys(NamedTuple):
@@ -634,29 +636,47 @@ def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
     return loss, math.exp(B_self[s] - log_d) * d_dd
 
 
+# ---- one query's loss (and gradient) per method, all with one signature -----------------------
+@njit(cache=True)
+def exact_loss(reduction, A, B, B_self, s, k):
+    return query_loss(EXACT, reduction, A, B, B_self, s, k)
+
+
+@njit(cache=True)
+def exact_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
+    return query_loss_grad(EXACT, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+
+
+@njit(cache=True)
+def meanfield_loss(reduction, A, B, B_self, s, k):
+    unused = np.zeros(0)
+    return meanfield_query_loss_grad(reduction, A, B, B_self, s, k, unused, unused, False)[0]
+
+
+@njit(cache=True)
+def meanfield_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
+    return meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, True)
+
+
 # ---- the population: every query class (in parallel) and the given clusters ---------------------
-# ``clusters`` (int64 array) selects the clusters to sum over: all of them locally, a shard of
-# them on a Dask worker (the population sums are sums over clusters).
+# ``query`` is one of the per-method functions above (a first-class function argument: a run
+# compiles the kernels of the methods it uses only). ``clusters`` (int64 array) selects the
+# clusters to sum over: all of them locally, a shard of them on a Dask worker.
 @njit(cache=True, parallel=True)
-def population_loss(method, reduction, A, B, B_self, closed_form, clusters):
+def population_loss(query, reduction, A, B, B_self, clusters):
     """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s]."""
     S = reduction.other_keys.shape[0]
     losses = np.zeros(S)
-    for s in prange(S):
-        unused = np.zeros(0)
+    for si in prange(S):
+        s = np.int64(si)
         for k in clusters:
-            if closed_form:
-                loss = closed_form_loss(reduction, A, B, B_self, s, k)
-            elif method == MEANFIELD:
-                loss = meanfield_query_loss_grad(reduction, A, B, B_self, s, k, unused, unused, False)[0]
-            else:
-                loss = query_loss(method, reduction, A, B, B_self, s, k)
+            loss = query(reduction, A, B, B_self, s, k)
             losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
     return losses.sum()
 
 
 @njit(cache=True, parallel=True)
-def population_loss_grad(method, reduction, A, B, B_self, closed_form, clusters):
+def population_loss_grad(query, reduction, A, B, B_self, clusters):
     """L and its per-entry gradient (dA (S, F), dB (S, S), dB_self (S,)).
 
     dB[s, s] is the derivative for one off-diagonal entry B[p, q] with p != q both in class s.
@@ -667,19 +687,14 @@ def population_loss_grad(method, reduction, A, B, B_self, closed_form, clusters)
     gB = np.zeros((S, S))
     gS = np.zeros(S)
     losses = np.zeros(S)
-    for s in prange(S):
+    for si in prange(S):
+        s = np.int64(si)
         grad_A_row = np.zeros(F)
         grad_B_row = np.zeros(S)
         for k in clusters:
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
-            if closed_form:
-                loss, d_self = closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
-            elif method == MEANFIELD:
-                loss, d_self = meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row,
-                                                         True)
-            else:
-                loss, d_self = query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            loss, d_self = query(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
             weight = reduction.cluster_prob[k] * reduction.mask_ratio
             losses[s] += weight * reduction.class_size[s] * loss
             gS[s] += weight * d_self
@@ -700,12 +715,14 @@ def attention_by_class(method, reduction, A, B, B_self, clusters):
     itself, summed over those keys, and on itself. Each row sums to one. Clusters outside
     ``clusters`` are left at zero.
     """
+    literally(method)
     S = A.shape[0]
     K = reduction.cluster_prob.size
     unmasked = np.zeros((K, S, S))
     masked = np.zeros((K, S, S))
     on_self = np.zeros((K, S))
-    for s in prange(S):
+    for si in prange(S):
+        s = np.int64(si)
         for k in clusters:
             on_self[k, s] = query_attention(method, reduction, A, B, B_self, s, k, unmasked[k, s], masked[k, s])
     return unmasked, masked, on_self
@@ -720,6 +737,7 @@ def attention_by_area(method, reduction, A, B, B_self, clusters):
     (N = most areas of a cluster), and on masked keys, itself included. Only what the phase times
     and targets need: never the (T, K, S, S) per-key maps.
     """
+    literally(method)
     T, S = B_self.shape
     K = reduction.cluster_prob.size
     n_areas = 0
@@ -728,8 +746,8 @@ def attention_by_area(method, reduction, A, B, B_self, clusters):
     unmasked = np.zeros((T, K, S, n_areas))
     masked = np.zeros((T, K, S))
     for ts in prange(T * S):
-        ti = ts // S
-        s = ts % S
+        ti = np.int64(ts // S)
+        s = np.int64(ts % S)
         for k in clusters:
             hidden, on_self = query_area_attention(method, reduction, A[ti], B[ti], B_self[ti], s, k,
                                                    unmasked[ti, k, s])

@@ -26,9 +26,14 @@ def check_method(method) -> str:
     return choice("method", method, METHODS)
 
 
-def _closed_form(reduction: Reduction, method: str) -> bool:
-    # the mean field of point-mass amplitudes is a rational function: no t-integral needed
-    return method == "meanfield" and reduction.all_point
+def query_functions(reduction: Reduction, method: str):
+    """(loss, loss-and-gradient) kernels of one masked query for ``method``; the mean field of
+    point-mass amplitudes is a rational function, evaluated in closed form (no t-integral)."""
+    if check_method(method) == "exact":
+        return kernels.exact_loss, kernels.exact_loss_grad
+    if reduction.all_point:
+        return kernels.closed_form_loss, kernels.closed_form_loss_grad
+    return kernels.meanfield_loss, kernels.meanfield_loss_grad
 
 
 def all_clusters(reduction: Reduction) -> np.ndarray:
@@ -39,8 +44,8 @@ def loss(state: State, method: str = "exact", clusters=None) -> float:
     """Population loss of a single-time state (summed over ``clusters``, default all)."""
     reduction = state.reduction
     use_threads(reduction)
-    return float(kernels.population_loss(kernels.METHODS[check_method(method)], reduction, state.A_classes,
-                                         state.B_classes, state.B_self, _closed_form(reduction, method),
+    return float(kernels.population_loss(query_functions(reduction, method)[0], reduction, state.A_classes,
+                                         state.B_classes, state.B_self,
                                          all_clusters(reduction) if clusters is None else clusters))
 
 
@@ -49,9 +54,8 @@ def loss_and_gradient(state: State, method: str = "exact", clusters=None) -> tup
     ``clusters``, default all)."""
     reduction = state.reduction
     use_threads(reduction)
-    value, gA, gB, gS = kernels.population_loss_grad(kernels.METHODS[check_method(method)], reduction,
+    value, gA, gB, gS = kernels.population_loss_grad(query_functions(reduction, method)[1], reduction,
                                                      state.A_classes, state.B_classes, state.B_self,
-                                                     _closed_form(reduction, method),
                                                      all_clusters(reduction) if clusters is None else clusters)
     return float(value), State(reduction, gA, gB, gS)
 
