@@ -238,7 +238,7 @@ def image_flow(images, grid=(14, 14), n_areas: int = 8, t_max: float | None = No
         The loss the flow descends. Default "meanfield": the exact solver is too slow at the ~190
         signature classes of 16 photographs for now. Observables and phases are exact either way.
     integrator : str
-        Passed to ``solve`` ("auto": LSODA for small states, DOP853 for large ones).
+        Passed to ``solve`` ("auto": LSODA for small states, RK45 for large ones).
     query : int or (row, col), optional
         The masked query whose attention maps are kept (the same patch in every image); default
         the centre patch.
