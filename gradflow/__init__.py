@@ -7,7 +7,7 @@ The contract is docs/model.md. The layers, bottom up, each importing only those 
 ``theory``    class reduction, the flow's ``State``, SymPy-generated factors, Numba kernels,
               population loss / gradient / expected attention, the mean-field Jacobian
 ``flow``      ``solve`` and its ``Solution``, observables along a trajectory, phases
-``training``  transformers trained by SGD on sampled data (``train_transformer``, ``TrainRun``)
+``training``  transformers trained on sampled data (``train_transformer``, ``train_torch``, ``TrainRun``)
 ``analysis``  ``compare``, ``verify``, ``phase_scaling``, ``phase_diagram``, sweeps, benchmarks
 ``figures``   drawing; ``cli`` the command line
 
@@ -41,7 +41,7 @@ from .theory import (
            population_grad,
            population_loss,
 )
-from .training import TrainRun, train_transformer
+from .training import TrainRun, train_torch, train_transformer
 
 # ``gradflow.presets`` is the documented namespace of ready-made models: make
 # ``from gradflow.presets import global_local`` work as well as attribute access
@@ -51,4 +51,4 @@ __all__ = ["Amplitude", "Cluster", "Comparison", "ConfigError", "DataModel", "Fi
            "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report", "ScalingResult",
            "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "attention_diversity", "compare",
            "expected_attention", "phase_scaling", "phases", "population_grad", "population_loss", "presets",
-           "solve", "summarize", "train_transformer", "verify"]
+           "solve", "summarize", "train_torch", "train_transformer", "verify"]
