@@ -32,7 +32,7 @@ def _flow(k_ratio=1.0):
 
     def f(t):
         t = np.asarray(t, dtype=np.float64)
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", over="ignore"):
             local = np.where(t > 0, 1.0 / (1.0 + (T2 / np.maximum(t, 1e-300)) ** k), 0.0)
             glob = np.where(t > 0, 1.0 / (1.0 + (8.0 / np.maximum(t, 1e-300)) ** 1.5), 0.0)
         return np.stack([0.875 * local, glob], axis=-1)

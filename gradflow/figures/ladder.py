@@ -40,7 +40,9 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
                         transform=ax.transAxes, fontsize=7)
                 ax.set_axis_off()
                 continue
-            c = row["time_scale"]
+            # a factor at the edge of the searched range, or undetermined, is no time scale: unscaled
+            scaled = not row["time_scale_at_edge"] and row["single_time_scale"] is not None
+            c = row["time_scale"] if scaled else 1.0
             keep = rung.t > 0
             t_scaled = c * rung.t[keep]
             lo_x, hi_x = 0.5 * t_scaled.min(), 1.5 * t_scaled.max()
@@ -56,7 +58,9 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
             ax.set_xlim(lo_x, hi_x)
             plain_log_ticks(ax.xaxis)
             ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{row['rung']}: c = {c:.3g}, max dev {row['max_deviation']:.2f}\n"
+            head = (f"c = {c:.3g}, max dev {row['max_deviation']:.2f}" if scaled
+                    else "no time scale (drawn at c = 1)")
+            ax.set_title(f"{row['rung']}: {head}\n"
                          f"phases {_mark(row['phases_ordered'])}, area-wide {_mark(row['area_wide'])}, "
                          f"one time scale {_mark(row['single_time_scale'])}", fontsize=7.5)
             data[row["rung"]] = {"t_scaled": t_scaled, "mean": rung.mean[keep]}
@@ -64,14 +68,15 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
             ax.set_axis_off()
         for ax in axes[::ncols]:
             ax.set_ylabel("own-area attention")
-        for ax in axes[(nrows - 1) * ncols:]:
-            ax.set_xlabel("flow time (rung: c x lr x step)")
+        for col in range(ncols):              # the lowest drawn panel of every column
+            last = max(i for i in range(col, len(rungs), ncols))
+            axes[last].set_xlabel("flow time (rung: c x lr x step)")
         from matplotlib.lines import Line2D
         handles = [Line2D([], [], color=GROUP_COLORS[g], lw=1.3, label=f"flow, {g} queries") for g in result.groups]
         handles += [Line2D([], [], color="grey", marker="o", ls="", ms=3,
                            label=f"rung at c t: mean and band over {seeds_label(result.settings['seeds'])}"),
                     Line2D([], [], color="grey", ls=":", lw=0.8, label="rung unscaled (c = 1)")]
-        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False, fontsize=7)
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=7)
         m = result.model
         fig.suptitle(f"Does the theory hold beyond its model? {m.n_patches} patches, gamma = {m.mask_ratio}, "
                      f"{result.settings['steps']} steps per run", fontsize=9)

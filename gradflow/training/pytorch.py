@@ -154,6 +154,10 @@ class Transformer(torch.nn.Module):
             return self._forward_features(batch)
         return self._forward_tokens(batch)
 
+    def _head_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over the head axis 1 (a view for one head: no copy of a (b, P, P) tensor)."""
+        return x[:, 0] if self.heads == 1 else x.mean(dim=1)
+
     def _loss(self, residual_sq: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean over samples of 1/2 sum over masked p of the squared error (b, P)."""
         return 0.5 * (residual_sq * batch.query).sum() / len(batch)
@@ -181,9 +185,9 @@ class Transformer(torch.nn.Module):
             w = torch.softmax(scores, dim=-1)                        # (b, H, P, P)
             mix = w @ g[:, None]                                     # (b, H, P, F): the values' contents
             if layer < self.depth - 1:
-                g = g + mix.mean(dim=1)
+                g = g + self._head_mean(mix)
         if self.value == "identity":
-            r = mix.mean(dim=1) - batch.target                       # residual in feature coordinates
+            r = self._head_mean(mix) - batch.target                  # residual in feature coordinates
             sq = ((r @ self.gram) * r).sum(dim=-1)
         else:
             WV = self.WV[0]                                          # (H, d, d)
@@ -192,7 +196,7 @@ class Transformer(torch.nn.Module):
                    + torch.einsum("bhpf,hdf->bpd", mix, WV @ self.V)) / self.heads
             r = out - batch.target @ self.V.T
             sq = (r * r).sum(dim=-1)
-        return self._loss(sq, batch), w.mean(dim=1)
+        return self._loss(sq, batch), self._head_mean(w)
 
     def _forward_tokens(self, batch: Batch):
         pos = self.E.T[None]                                         # (1, P, d)
@@ -204,13 +208,13 @@ class Transformer(torch.nn.Module):
             scores = (u[:, None] @ Qh) @ u[:, None].transpose(-1, -2)     # (b, H, P, P)
             w = torch.softmax(scores, dim=-1)
             if self.value == "identity":
-                out = (w @ (h - pos)[:, None]).mean(dim=1)           # the keys' contents
+                out = self._head_mean(w @ (h - pos)[:, None])        # the keys' contents
             else:
-                out = (w @ (u[:, None] @ self.WV[layer].transpose(1, 2))).mean(dim=1)
+                out = self._head_mean(w @ (u[:, None] @ self.WV[layer].transpose(1, 2)))
             if layer < self.depth - 1:
                 h = h + out
         r = out - batch.target @ self.V.T
-        return self._loss((r * r).sum(dim=-1), batch), w.mean(dim=1)
+        return self._loss((r * r).sum(dim=-1), batch), self._head_mean(w)
 
 
 def _measure(net: Transformer, model: DataModel, eval_data, device, dtype):
@@ -218,11 +222,11 @@ def _measure(net: Transformer, model: DataModel, eval_data, device, dtype):
     fq, z, vis = eval_data
     K, P = model.n_clusters, model.n_patches
     n_areas = max(cl.n_areas for cl in model.clusters)
-    feature_cluster = np.array([k for k, _ in model.features])
-    feature_area = np.array([j for _, j in model.features])
-    by_area = np.zeros((K, P, n_areas))
-    masked = np.zeros((K, P))
-    count = np.zeros((K, P))
+    feature_cluster = torch.as_tensor(np.array([k for k, _ in model.features]), device=device)
+    feature_area = torch.as_tensor(np.array([j for _, j in model.features]), device=device)
+    by_area = torch.zeros((K, P, n_areas), dtype=torch.float64, device=device)
+    masked = torch.zeros((K, P), dtype=torch.float64, device=device)
+    count = torch.zeros((K, P), dtype=torch.float64, device=device)
     total = 0.0
     with torch.no_grad():
         for start in range(0, fq.shape[0], EVAL_CHUNK):
@@ -230,18 +234,17 @@ def _measure(net: Transformer, model: DataModel, eval_data, device, dtype):
             batch = Batch(fq[sl], z[sl], vis[sl], model.n_features, device, dtype)
             loss, w = net(batch)
             total += float(loss) * len(batch)
-            area = torch.nn.functional.one_hot(torch.as_tensor(feature_area[fq[sl]], device=device),
-                                               n_areas).to(dtype)                     # (b, P, N) key areas
-            on_area = (w * batch.vis[:, None, :]) @ area                              # (b, P, N)
-            on_masked = (w * (1.0 - batch.vis)[:, None, :]).sum(dim=-1)               # (b, P)
-            k = feature_cluster[fq[sl, 0]]
-            q = (~vis[sl]).astype(np.float64)                                         # masked queries
-            on_area, on_masked = on_area.cpu().numpy().astype(np.float64), on_masked.cpu().numpy().astype(np.float64)
-            for kk in np.unique(k):
-                sel = k == kk
-                by_area[kk] += np.einsum("bp,bpn->pn", q[sel], on_area[sel])
-                masked[kk] += np.einsum("bp,bp->p", q[sel], on_masked[sel])
-                count[kk] += q[sel].sum(axis=0)
+            area = torch.nn.functional.one_hot(feature_area[batch.fq], n_areas).to(dtype)   # (b, P, N) key areas
+            q = batch.query                                                               # masked queries
+            # per cluster k: sum over samples of cluster k of the masked queries' masses
+            cluster = torch.nn.functional.one_hot(feature_cluster[batch.fq[:, 0]], K).to(dtype)   # (b, K)
+            kq = cluster[:, :, None] * q[:, None, :]                                      # (b, K, P)
+            on_area = (w * batch.vis[:, None, :]) @ area                                  # (b, P, N)
+            on_masked = (w * (1.0 - batch.vis)[:, None, :]).sum(dim=-1)                   # (b, P)
+            by_area += torch.einsum("bkp,bpn->kpn", kq, on_area).double()
+            masked += torch.einsum("bkp,bp->kp", kq, on_masked).double()
+            count += kq.sum(dim=0).double()
+    by_area, masked, count = (x.cpu().numpy() for x in (by_area, masked, count))
     with np.errstate(invalid="ignore", divide="ignore"):
         by_area = by_area / count[..., None]
         masked = masked / count
