@@ -88,6 +88,7 @@ def test_the_registry():
         resolve_rungs(",")
     assert [r.name for r in resolve_rungs("adam, model")] == ["adam", "model"]
     # a rung whose modules are missing is neither listed nor run; a name cannot be taken twice
+    assert not Rung("x", "", requires=("no_such_package_xyz.sub",)).available()
     ghost = Rung("ghost", "needs a module that does not exist", requires=("no_such_module_xyz",))
     lad.register_rung(ghost)
     try:
@@ -166,3 +167,4 @@ def test_ladder_command_line_on_a_local_cluster(tmp_path, capsys):
     assert "4 runs (4 trained now" in out and "| adam |" in out
     assert main(args) == 0
     assert "0 trained now" in capsys.readouterr().out
+    assert main(args + ["--scheduler", "tcp://127.0.0.1:1"]) == 2

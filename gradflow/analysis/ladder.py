@@ -6,9 +6,9 @@ respect each. ``ladder(model, ...)`` trains rungs x seeds as Dask tasks (a ``Loc
 two single-threaded workers by default), keeps every run on disk (``out/runs/``; a rerun skips
 what is there), solves the flow once, and measures every rung against it:
 
-* **phases ordered**: in every finished seed the median phase times of the local queries
-  (docs/model.md section 5, read from the attention measured on the run's evaluation batch)
-  satisfy T1 < T2 < T3;
+* **phases ordered**: in every finished seed T1 < T2 < T3 for the local queries, each read
+  (at the levels of docs/model.md section 5) from the seed's mean over local queries of the
+  attention measured on its evaluation batch (the mean over positions tames that batch's noise);
 * **area-wide**: at the end, the seed-mean own-area attention of every (cluster, signature
   class) with a target reaches 1 - eps = 95% of its ceiling (masses averaged over the positions
   of a class, which are exchangeable, to beat the evaluation batch's noise);
@@ -104,7 +104,14 @@ class Rung:
         return float(lr * scale)
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
+        """True when every module in ``requires`` can be imported (found, not imported)."""
+        for mod in self.requires:
+            try:
+                if importlib.util.find_spec(mod) is None:
+                    return False
+            except ModuleNotFoundError:          # a dotted name whose parent package is missing
+                return False
+        return True
 
     def train(self, model: DataModel, *, seed: int, steps: int, lr: float, batch_size: int, record_steps,
               eval_size: int) -> TrainRun:
