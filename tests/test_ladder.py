@@ -131,6 +131,7 @@ def local_client():
     c.close()
 
 
+@pytest.mark.filterwarnings("ignore:gradflow.train_torch:RuntimeWarning")      # the rung meant to diverge
 def test_ladder_report_divergence_and_rerun(tmp_path, local_client):
     """Two rungs and a diverging one on a small model: rows with the verdicts, the diverged rung
     reported rather than hidden, the figure written, and a rerun that trains nothing."""

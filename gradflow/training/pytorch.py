@@ -419,7 +419,7 @@ def train_torch(model: DataModel, *, steps: int, lr: float, batch_size: int = 25
         if bar is not None:
             bar.close()
     if status < 0:
-        warnings.warn(f"gradflow.train_torch: {message}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"gradflow.train_torch: {message}", RuntimeWarning, stacklevel=3)   # past the lazy wrapper
     steps_rec = np.array(rec["step"])
     return TrainRun(
         t=lr * steps_rec.astype(np.float64), step=steps_rec, A=np.array(rec["A"]) if exact else None,
