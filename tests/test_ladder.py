@@ -122,6 +122,19 @@ def test_ladder_list_and_bad_input(capsys):
     assert main(["ladder", "--seeds", "0", "--out", "x", "--rungs", "model"]) == 2
 
 
+def test_without_torch_the_ladder_says_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None\n"          # as if the extra were not installed
+            "import gradflow\nfrom gradflow.cli import main\n"
+            "from gradflow.presets import global_local\n"
+            "try:\n    gradflow.train_torch(global_local(16, n_local=2), steps=1, lr=1.0)\n"
+            "except ModuleNotFoundError as exc:\n    print('API:', exc)\n"
+            f"sys.exit(main(['ladder', '--P', '16', '--n-local', '2', '--out', {str(tmp_path)!r}]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1 and "pip install 'gradflow[torch]'" in out.stderr
+    assert "API: gradflow.train_torch needs PyTorch" in out.stdout
+    assert not list(tmp_path.glob("runs/*"))
+
+
 @pytest.fixture(scope="module")
 def local_client():
     """Dask in this process: one worker thread, no subprocesses."""

@@ -605,6 +605,10 @@ def ladder(model: DataModel, rungs=None, *, seeds: int = DEFAULTS["seeds"], step
     runs_dir.mkdir(exist_ok=True)
     for name in ("report.md", "report.json", "ladder.png", "ladder.pdf"):     # before any work
         check_output_path(out_dir / name, "ladder output")
+    try:
+        import torch  # noqa: F401  (every rung is a PyTorch transformer)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("gradflow ladder needs PyTorch: pip install 'gradflow[torch]'", name="torch") from None
     paths, todo = {}, []
     for rung in chosen:
         for seed in range(settings["seeds"]):
