@@ -7,7 +7,7 @@ The contract is docs/model.md. The layers, bottom up, each importing only those 
 ``theory``    class reduction, the flow's ``State``, SymPy-generated factors, Numba kernels,
               population loss / gradient / expected attention, the mean-field Jacobian
 ``flow``      ``solve`` and its ``Solution``, observables along a trajectory, phases
-``training``  transformers trained by SGD on sampled data (``train_transformer``, ``TrainRun``)
+``training``  transformers trained on sampled data (``train_transformer``, ``train_torch``, ``TrainRun``)
 ``analysis``  ``compare``, ``verify``, ``phase_scaling``, ``phase_diagram``, sweeps, benchmarks
 ``figures``   drawing; ``cli`` the command line
 
@@ -53,7 +53,7 @@ from .theory import (
            population_grad,
            population_loss,
 )
-from .training import TrainRun, train_transformer
+from .training import TrainRun, train_torch, train_transformer
 
 # ``gradflow.presets`` is the documented namespace of ready-made models: make
 # ``from gradflow.presets import global_local`` work as well as attribute access
@@ -61,9 +61,9 @@ sys.modules.setdefault(f"{__name__}.presets", presets)
 # ``gradflow.images``: models from photographs (segment, data_model, sample_images), importable alike
 sys.modules.setdefault(f"{__name__}.images", images)
 
-__all__ = ["Amplitude", "AreaTable", "Cluster", "Comparison", "ConfigError", "DataModel", "FileFormatError", "GradflowError",
-           "ImageFlow", "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report", "ScalingResult",
-           "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "area_table", "attention_diversity",
-           "compare", "expected_attention", "image_flow", "images", "learned_last", "phase_scaling", "phases",
-           "population_grad", "population_loss", "presets",
-           "solve", "summarize", "train_transformer", "verify"]
+__all__ = ["Amplitude", "AreaTable", "Cluster", "Comparison", "ConfigError", "DataModel", "FileFormatError",
+           "GradflowError", "ImageFlow", "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report",
+           "ScalingResult", "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "area_table",
+           "attention_diversity", "compare", "expected_attention", "image_flow", "images", "learned_last",
+           "phase_scaling", "phases", "population_grad", "population_loss", "presets", "solve", "summarize",
+           "train_torch", "train_transformer", "verify"]

@@ -9,6 +9,7 @@
     gradflow images  [--sample NAMES | FILES...] --grid 14 --areas 8 --out DIR [--redraw]
     gradflow bench   [--quick] [--json FILE]
     gradflow sweep   --grid GRID.toml --out DIR [--scheduler ADDRESS] | --example
+    gradflow ladder  [model] [--rungs A,B] --seeds N --steps N --out DIR [--scheduler ADDRESS] | --list
     gradflow config  --example
 
 [model] is ``--preset NAME [--P ..] [--mask-ratio ..] ...`` or ``--config FILE.toml``. Bad input
@@ -151,6 +152,22 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--scheduler", help="address of a running dask scheduler (default: a LocalCluster)")
     w.add_argument("--example", action="store_true", help="print a commented grid file and exit")
 
+    lad = sub.add_parser("ladder", help="realistic PyTorch transformers (rungs) x seeds against the flow "
+                                        "(needs gradflow[torch])")
+    _add_model_options(lad)
+    lad.add_argument("--rungs", help="comma-separated rung names (default: all; --list shows them)")
+    lad.add_argument("--seeds", type=int, default=3, help="seeds per rung (default: %(default)s)")
+    lad.add_argument("--steps", type=int, default=1000, help="optimiser steps per run (default: %(default)s)")
+    lad.add_argument("--lr", type=float, default=1.0,
+                     help="the ladder's SGD step; rungs scale it by their own rule (default: %(default)s)")
+    lad.add_argument("--batch-size", type=int, default=256, help="samples per step (default: %(default)s)")
+    lad.add_argument("--records", type=int, default=40, help="log-spaced records per run (default: %(default)s)")
+    lad.add_argument("--eval-size", type=int, default=2048,
+                     help="samples in each run's evaluation batch (default: %(default)s)")
+    lad.add_argument("--out", type=Path, help="directory: runs/ (reruns skip them), report.md, report.json, ladder.png")
+    lad.add_argument("--scheduler", help="address of a running dask scheduler (default: a LocalCluster of 2 workers)")
+    lad.add_argument("--list", action="store_true", help="print the rungs and exit")
+
     g = sub.add_parser("config", help="model files: print a commented example")
     g.add_argument("--example", action="store_true", help="print a commented model file that works as it is")
 
@@ -255,6 +272,42 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_ladder(args) -> int:
+    from .analysis.ladder import RUNGS, ladder, rung_names
+    if args.list:
+        for name in rung_names():
+            print(f"{name:<15}{RUNGS[name].description}")
+        return 0
+    if args.out is None:
+        raise InvalidInputError("gradflow ladder needs --out DIR (or --list)")
+    model = _model_from(args)
+    client = None
+    if args.scheduler:
+        from dask.distributed import Client
+        try:
+            client = Client(args.scheduler, timeout=10)
+        except OSError as exc:
+            raise InvalidInputError(f"scheduler {args.scheduler!r} could not be reached: {exc}") from None
+    try:
+        result = ladder(model, args.rungs, seeds=args.seeds, steps=args.steps, lr=args.lr,
+                        batch_size=args.batch_size, n_records=args.records, eval_size=args.eval_size,
+                        out=args.out, client=client)
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        print(f"gradflow: error: {exc}", file=sys.stderr)       # a missing extra, not a bug
+        return 1
+    finally:
+        if client is not None:
+            client.close()
+    print(f"gradflow ladder: {model!r}")
+    print(result.table())
+    total = len(result.rows) * args.seeds
+    print(f"{total} runs ({result.computed} trained now, {total - result.computed} read from {args.out / 'runs'}); "
+          + ", ".join(str(p) for p in result.paths.values()))
+    return 0
+
+
 def cmd_config(args) -> int:
     if not args.example:
         raise InvalidInputError("gradflow config: give --example to print a model file")
@@ -345,7 +398,7 @@ def cmd_images(args) -> int:
 
 
 COMMANDS = {None: cmd_default, "solve": cmd_solve, "train": cmd_train, "compare": cmd_compare,
-            "verify": cmd_verify, "sweep": cmd_sweep, "config": cmd_config, "bench": cmd_bench,
+            "verify": cmd_verify, "sweep": cmd_sweep, "ladder": cmd_ladder, "config": cmd_config, "bench": cmd_bench,
             "figures": cmd_figures, "images": cmd_images}
 
 

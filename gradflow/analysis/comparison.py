@@ -145,6 +145,9 @@ def compare(solution: Solution, runs) -> Comparison:
         and "loss" (T,) (the MC loss averaged over each record interval against the flow loss at
         the interval's midpoint; NaN at t = 0). The flow is compared only where it is defined:
         a loaded solution that starts after t = 0 leaves earlier records out, and says so.
+        Runs without projected correlations (PyTorch rungs with ``A`` None) have no "target_fp":
+        it is left out, and their "target_attention" is the attention measured on their
+        evaluation batch.
     """
     runs = _check_runs(solution, runs)
     t = runs[0].t
@@ -164,10 +167,9 @@ def compare(solution: Solution, runs) -> Comparison:
         flow_loss[inside_mid] = [loss(mid_states[i], solution.method) for i in range(len(mid_states))]
     flow_loss[0] = np.nan
 
-    obs = {
-        "target_attention": _compare_one("target_attention", flow_att,
-                                         np.stack([r.target_attention for r in runs])),
-        "target_fp": _compare_one("target_fp", flow_fp, np.stack([_target_fp(r.model, r.A) for r in runs])),
-        "loss": _compare_one("loss", flow_loss, np.stack([r.loss for r in runs])),
-    }
+    obs = {"target_attention": _compare_one("target_attention", flow_att,
+                                            np.stack([r.target_attention for r in runs]))}
+    if all(r.A is not None for r in runs):       # feature-position correlations exist
+        obs["target_fp"] = _compare_one("target_fp", flow_fp, np.stack([_target_fp(r.model, r.A) for r in runs]))
+    obs["loss"] = _compare_one("loss", flow_loss, np.stack([r.loss for r in runs]))
     return Comparison(t=t, n_runs=len(runs), observables=obs, outside=int((~inside).sum()))

@@ -6,6 +6,11 @@ a ``Solution`` (per class, any P) and a Monte-Carlo ``TrainRun`` (per position, 
 correlations) are measured with the same definitions. The attention is always the exact
 expectation over masks and amplitudes of the state, whatever flow produced it: a mean-field
 state is a Q like any other, and the ceiling and phase times refer to the exact attention.
+
+The one exception is a ``TrainRun`` that carries measured attention (``attention_by_area``,
+from a PyTorch rung, docs/model.md section 6): for it, :func:`area_masses` returns those
+measurements, and they are the definition of its T1, T2, T3 (a network that has no projected
+A, B has no exact expectation to take).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..theory.population import attention_by_area, attention_by_class
-from ..theory.reduction import Reduction
+from ..theory.reduction import Reduction, position_reduction
 from ..theory.state import State
 
 
@@ -56,13 +61,23 @@ def target_attention_along(states: State, method: str = OBSERVABLE_METHOD) -> np
 
 def area_masses(result) -> AreaMasses:
     """Attention by area along a Solution or TrainRun, in one batched kernel call (computed once,
-    then kept on the result)."""
+    then kept on the result).
+
+    For a run with measured attention (``result.attention_by_area`` not None) these are the
+    measured masses on its evaluation batch, per position (every position its own class); for
+    anything else the exact expectation of its states.
+    """
     cached = getattr(result, "_area_masses", None)
     if cached is not None:
         return cached
-    states = result.states
-    by_area, masked = attention_by_area(states, OBSERVABLE_METHOD)
-    out = AreaMasses(by_area, masked, states.reduction)
+    measured = getattr(result, "attention_by_area", None)
+    if measured is not None:
+        out = AreaMasses(np.asarray(measured, dtype=np.float64), np.asarray(result.masked_mass, dtype=np.float64),
+                         position_reduction(result.model))
+    else:
+        states = result.states
+        by_area, masked = attention_by_area(states, OBSERVABLE_METHOD)
+        out = AreaMasses(by_area, masked, states.reduction)
     try:
         result._area_masses = out               # observables are read repeatedly
     except AttributeError:
