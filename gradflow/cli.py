@@ -36,6 +36,7 @@ from .io import check_output_path
 from .model.config import EXAMPLE as CONFIG_EXAMPLE
 from .model.config import load_model
 from .model.presets import PRESETS, global_local, preset, preset_options
+from .theory.kernels import compiled_before
 from .training.run import TrainRun
 from .training.sgd import train_transformer
 
@@ -63,9 +64,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-clusters", type=int, help="clusters, each with its own areas (default: 1)")
 
 
-def _add_flow_options(p: argparse.ArgumentParser, t_max: float) -> None:
-    p.add_argument("--t-max", type=float, default=t_max, help="length of the flow (default: %(default)g)")
+def _add_flow_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--t-max", type=float, help="length of the flow (default: until it has converged)")
     p.add_argument("--method", default="exact", help="exact or meanfield (default: %(default)s)")
+    p.add_argument("--max-wall-time", type=float,
+                   help="seconds the flow may take; it then stops, says so and exits 1 (default: no limit)")
 
 
 def _model_from(args):
@@ -119,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("solve", help="solve a gradient flow, print a summary, optionally save it")
     _add_model_options(s)
-    _add_flow_options(s, 2000.0)
+    _add_flow_options(s)
     s.add_argument("--out", type=Path, help="NetCDF file for the Solution")
 
     t = sub.add_parser("train", help="train Monte-Carlo transformers by SGD")
@@ -139,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check the paper's claims; exit 1 if a check fails")
     _add_model_options(v)
-    _add_flow_options(v, 1e4)
+    _add_flow_options(v)
     v.add_argument("--mc", action="store_true", help="also train Monte-Carlo transformers and compare")
     v.add_argument("--mc-steps", type=int, default=2000, help="SGD steps per seed (default: %(default)s)")
     v.add_argument("--mc-lr", type=float, default=0.05, help="SGD step (default: %(default)s)")
@@ -207,12 +210,12 @@ def cmd_default(args) -> int:
 def cmd_solve(args) -> int:
     if args.out is not None:
         check_output_path(args.out, "--out")
-    sol = solve(_model_from(args), args.t_max, method=args.method)
+    sol = solve(_model_from(args), args.t_max, method=args.method, max_wall_time=args.max_wall_time)
     print(solve_summary(sol))
     if args.out is not None:
         sol.save(args.out)
         print(f"  saved {args.out}")
-    return 0
+    return 0 if sol.status >= 0 else 1
 
 
 def cmd_train(args) -> int:
@@ -252,7 +255,7 @@ def cmd_verify(args) -> int:
     if args.mc:
         mc = dict(steps=args.mc_steps, lr=args.mc_lr, batch_size=args.mc_batch_size,
                   seeds=args.mc_seeds, record_every=max(1, args.mc_steps // 20))
-    report = verify(model, t_max=args.t_max, method=args.method, mc=mc)
+    report = verify(model, t_max=args.t_max, method=args.method, mc=mc, max_wall_time=args.max_wall_time)
     print(f"gradflow verify: {model!r}")
     print(report.table())
     return 0 if report.passed else 1
@@ -404,6 +407,9 @@ COMMANDS = {None: cmd_default, "solve": cmd_solve, "train": cmd_train, "compare"
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command not in ("config",) and not compiled_before():
+        print("gradflow: first run: compiling the Numba kernels (about 10 s); they are cached for the next runs",
+              file=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:

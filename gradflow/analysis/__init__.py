@@ -2,7 +2,13 @@
 (the paper's claims as checks), ``phase_scaling`` and ``phase_diagram``, flows of photographs
 (``image_flow``) and their per-area tables (``area_table``, ``learned_last``), Dask ``sweep``s, and
 the benchmarks (``bench``, with their NumPy ``references``)."""
-from .areas import AreaTable, LearnedLast, area_table, learned_last, segmentation_quality
+from .areas import (
+           AreaTable,
+           LearnedLast,
+           area_table,
+           learned_last,
+           segmentation_quality,
+)
 from .comparison import Comparison, compare
 from .diagram import PhaseDiagram, phase_diagram
 from .image_flows import ImageFlow, image_flow

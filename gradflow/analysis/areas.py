@@ -164,7 +164,7 @@ class LearnedLast:
 
 
 def _spearman(x, y):
-    from scipy import stats         # imported here: scipy.stats costs ~0.3 s of import time
+    from scipy import stats  # imported here: scipy.stats costs ~0.3 s of import time
     if np.unique(x).size < 2 or np.unique(y).size < 2:
         return np.nan, np.nan
     res = stats.spearmanr(x, y)

@@ -17,7 +17,13 @@ from ..flow.solver import solve
 from ..io import atomic_path, check_output_path
 from ..model import Amplitude, Cluster, DataModel
 from ..model.presets import global_local
-from ..theory.kernels import EXACT, key_derivatives, key_moments, key_primitives, query_keys
+from ..theory.kernels import (
+    EXACT,
+    key_derivatives,
+    key_moments,
+    key_primitives,
+    query_keys,
+)
 from ..theory.population import population_grad
 from ..theory.quadrature import grid
 from ..theory.reduction import position_reduction

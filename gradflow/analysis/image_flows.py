@@ -24,7 +24,13 @@ from ..flow.solver import default_times, solve
 from ..io import read_dataset, write_dataset
 from ..model import images as image_models
 from ..theory.population import attention_maps
-from .areas import AreaTable, LearnedLast, area_table, learned_last, shared_area_attention
+from .areas import (
+    AreaTable,
+    LearnedLast,
+    area_table,
+    learned_last,
+    shared_area_attention,
+)
 
 FORMAT_VERSION = 1
 DISPLAY_SIDE = 320              # display copies of the photographs: at most this many pixels a side

@@ -16,7 +16,14 @@ from matplotlib.colors import LogNorm
 
 from ..analysis.image_flows import MOMENTS, ImageFlow
 from ..model.images import area_boundaries
-from .style import PALETTE, STYLE, FigureResult, new_figure, plain_log_ticks, save_figure
+from .style import (
+    PALETTE,
+    STYLE,
+    FigureResult,
+    new_figure,
+    plain_log_ticks,
+    save_figure,
+)
 
 AREA_COLORS = (PALETTE["blue"], PALETTE["vermillion"], PALETTE["green"], PALETTE["purple"], PALETTE["orange"],
                PALETTE["sky"], PALETTE["black"], "#8C6D31", "#7F7F7F", "#B5CF6B", "#393B79", "#E7969C")

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .style import PALETTE, STYLE, FigureResult, new_figure, plain_log_ticks, save_figure, seeds_label
+from .style import (
+    PALETTE,
+    STYLE,
+    FigureResult,
+    new_figure,
+    plain_log_ticks,
+    save_figure,
+    seeds_label,
+)
 
 GROUP_COLORS = {"local": PALETTE["blue"], "global": PALETTE["vermillion"], "all": PALETTE["blue"]}
 

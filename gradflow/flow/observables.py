@@ -22,7 +22,6 @@ from ..theory.population import attention_by_area, attention_by_class
 from ..theory.reduction import Reduction, position_reduction
 from ..theory.state import State
 
-
 OBSERVABLE_METHOD = "exact"     # observables are exact expectations of the state (see above)
 
 

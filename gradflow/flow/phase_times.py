@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validate import real
-from ..model import DataModel
 from ..errors import InvalidInputError
+from ..model import DataModel
 from ..theory.population import attention_by_class, mass_by_area
 from .observables import OBSERVABLE_METHOD, area_masses, own_area, target_fraction
 

@@ -18,7 +18,12 @@ from ..model import DataModel
 from ..theory.population import attention_maps, loss, loss_and_gradient
 from ..theory.reduction import position_reduction, signature_reduction
 from ..theory.state import State
-from .observables import OBSERVABLE_METHOD, own_area, target_attention_along, target_fraction
+from .observables import (
+    OBSERVABLE_METHOD,
+    own_area,
+    target_attention_along,
+    target_fraction,
+)
 
 FORMAT_VERSION = 2          # 1: per-position A, B stored beside the classes at small P
 READS = (1, 2)

@@ -75,7 +75,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .._validate import choice, fmt, is_int, nonnegative_int, positive_int, real, suggest
+from .._validate import (
+    choice,
+    fmt,
+    is_int,
+    nonnegative_int,
+    positive_int,
+    real,
+    suggest,
+)
 from ..errors import FileFormatError, InvalidInputError
 from .amplitude import Amplitude
 from .datamodel import Cluster, DataModel

@@ -26,20 +26,29 @@ to one A[p, f] or B[p, q]).
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
-from numba import literally, njit, prange
+from numba import njit, prange
 
-from ._generated import (exact_key_derivatives, exact_key_moments, meanfield_key_derivatives,
-                         meanfield_key_moments, meanfield_other_share_grad, meanfield_query_terms)
+from ._generated import (
+    exact_key_derivatives,
+    exact_key_moments,
+    meanfield_key_derivatives,
+    meanfield_key_moments,
+    meanfield_other_share_grad,
+    meanfield_query_terms,
+)
 from .quadrature import G_STOP, T_CAP, grid, node
 
 EXACT = 0
 MEANFIELD = 1
+CLOSED_FORM = 2      # mean field with point-mass amplitudes: a rational function, no t-integral
 METHODS = {"exact": EXACT, "meanfield": MEANFIELD}
-# The attention kernels take the method as a compile-time literal (numba.literally): each method
-# is compiled on first use only, with the branches of the other pruned (first-run compile time).
+# the method passed on inside the kernels as a run-time int64, never as a literal: every query
+# kernel is then compiled once, whichever caller reaches it first
+EXACT_RUNTIME = np.int64(EXACT)
 
 
 class QueryKeys(NamedTuple):
@@ -516,15 +525,17 @@ def meanfield_node(reduction, k, t, C, M, terms):
 
 
 @njit(cache=True)
-def meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, want_grad):
+def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, want_grad):
     """Mean-field loss of a masked query (class s, cluster k) and, with ``want_grad``, its
     derivatives (as ``query_loss_grad``); falls back to the per-key integral when a weight is
     not safely finite."""
     keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, want_grad)
-    if not linear_weights_safe(keys):
+    if not linear_weights_safe(keys):       # (method is MEANFIELD, passed on at run time)
         if want_grad:
-            return query_loss_grad(MEANFIELD, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
-        return query_loss(MEANFIELD, reduction, A, B, B_self, s, k), 0.0
+            return query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+        # the loss alone through the gradient kernel: one compiled kernel less for a rare path
+        F, S = reduction.n_atoms.size, reduction.other_keys.shape[0]
+        return query_loss_grad(method, reduction, A, B, B_self, s, k, np.zeros(F), np.zeros(S))[0], 0.0
     C, M, _ = meanfield_area_sums(reduction, keys, k)
     first = reduction.feature_start[k]
     j0 = reduction.key_feature[k, s] - first
@@ -636,57 +647,63 @@ def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
     return loss, math.exp(B_self[s] - log_d) * d_dd
 
 
-# ---- one query's loss (and gradient) per method, all with one signature -----------------------
-@njit(cache=True)
-def exact_loss(reduction, A, B, B_self, s, k):
-    return query_loss(EXACT, reduction, A, B, B_self, s, k)
-
-
-@njit(cache=True)
-def exact_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
-    return query_loss_grad(EXACT, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
-
-
-@njit(cache=True)
-def meanfield_loss(reduction, A, B, B_self, s, k):
-    unused = np.zeros(0)
-    return meanfield_query_loss_grad(reduction, A, B, B_self, s, k, unused, unused, False)[0]
-
-
-@njit(cache=True)
-def meanfield_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
-    return meanfield_query_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, True)
-
-
 # ---- the population: every query class (in parallel) and the given clusters ---------------------
-# ``query`` is one of the per-method functions above (a first-class function argument: a run
-# compiles the kernels of the methods it uses only). ``clusters`` (int64 array) selects the
-# clusters to sum over: all of them locally, a shard of them on a Dask worker.
+# One kernel per job and family of methods, so that a run compiles only what it uses: the exact
+# kernels, or the mean-field ones (``method`` MEANFIELD or CLOSED_FORM, a run-time int64).
+# ``clusters`` (int64 array) selects the clusters to sum over: all of them locally, a shard of them
+# on a Dask worker.
+@njit(cache=True, inline="always")
+def _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS):
+    """Add one query's loss and derivatives, weighted by pi_k gamma (and the class size)."""
+    weight = reduction.cluster_prob[k] * reduction.mask_ratio
+    losses[s] += weight * reduction.class_size[s] * loss
+    gS[s] += weight * d_self
+    for f in range(grad_A_row.size):
+        gA[s, f] += weight * grad_A_row[f]
+    for r in range(grad_B_row.size):
+        if reduction.other_keys[s, r] > 0.0:
+            gB[s, r] += weight * grad_B_row[r] / reduction.other_keys[s, r]
+
+
 @njit(cache=True, parallel=True)
-def population_loss(query, reduction, A, B, B_self, clusters):
-    """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s]."""
+def exact_population_loss(reduction, A, B, B_self, clusters):
+    """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s], exactly."""
     S = reduction.other_keys.shape[0]
     losses = np.zeros(S)
     for si in prange(S):
         s = np.int64(si)
         for k in clusters:
-            loss = query(reduction, A, B, B_self, s, k)
+            loss = query_loss(EXACT_RUNTIME, reduction, A, B, B_self, s, k)
             losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
     return losses.sum()
 
 
 @njit(cache=True, parallel=True)
-def population_loss_grad(query, reduction, A, B, B_self, clusters):
-    """L and its per-entry gradient (dA (S, F), dB (S, S), dB_self (S,)).
+def meanfield_population_loss(method, reduction, A, B, B_self, clusters):
+    """The mean-field L (``method`` MEANFIELD, or CLOSED_FORM for point-mass amplitudes)."""
+    S = reduction.other_keys.shape[0]
+    losses = np.zeros(S)
+    for si in prange(S):
+        s = np.int64(si)
+        unused = np.zeros(0)
+        for k in clusters:
+            if method == CLOSED_FORM:
+                loss = closed_form_loss(reduction, A, B, B_self, s, k)
+            else:
+                loss = meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, unused, unused, False)[0]
+            losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
+    return losses.sum()
+
+
+@njit(cache=True, parallel=True)
+def exact_population_loss_grad(reduction, A, B, B_self, clusters):
+    """L and its per-entry gradient (dA (S, F), dB (S, S), dB_self (S,)), exactly.
 
     dB[s, s] is the derivative for one off-diagonal entry B[p, q] with p != q both in class s.
     Query classes run in parallel; each writes only its own rows.
     """
     S, F = A.shape
-    gA = np.zeros((S, F))
-    gB = np.zeros((S, S))
-    gS = np.zeros(S)
-    losses = np.zeros(S)
+    gA, gB, gS, losses = np.zeros((S, F)), np.zeros((S, S)), np.zeros(S), np.zeros(S)
     for si in prange(S):
         s = np.int64(si)
         grad_A_row = np.zeros(F)
@@ -694,15 +711,29 @@ def population_loss_grad(query, reduction, A, B, B_self, clusters):
         for k in clusters:
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
-            loss, d_self = query(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
-            weight = reduction.cluster_prob[k] * reduction.mask_ratio
-            losses[s] += weight * reduction.class_size[s] * loss
-            gS[s] += weight * d_self
-            for f in range(F):
-                gA[s, f] += weight * grad_A_row[f]
-            for r in range(S):
-                if reduction.other_keys[s, r] > 0.0:
-                    gB[s, r] += weight * grad_B_row[r] / reduction.other_keys[s, r]
+            loss, d_self = query_loss_grad(EXACT_RUNTIME, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS)
+    return losses.sum(), gA, gB, gS
+
+
+@njit(cache=True, parallel=True)
+def meanfield_population_loss_grad(method, reduction, A, B, B_self, clusters):
+    """The mean-field L and its per-entry gradient (as ``exact_population_loss_grad``)."""
+    S, F = A.shape
+    gA, gB, gS, losses = np.zeros((S, F)), np.zeros((S, S)), np.zeros(S), np.zeros(S)
+    for si in prange(S):
+        s = np.int64(si)
+        grad_A_row = np.zeros(F)
+        grad_B_row = np.zeros(S)
+        for k in clusters:
+            grad_A_row[:] = 0.0
+            grad_B_row[:] = 0.0
+            if method == CLOSED_FORM:
+                loss, d_self = closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            else:
+                loss, d_self = meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
+                                                         grad_B_row, True)
+            _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS)
     return losses.sum(), gA, gB, gS
 
 
@@ -715,7 +746,6 @@ def attention_by_class(method, reduction, A, B, B_self, clusters):
     itself, summed over those keys, and on itself. Each row sums to one. Clusters outside
     ``clusters`` are left at zero.
     """
-    literally(method)
     S = A.shape[0]
     K = reduction.cluster_prob.size
     unmasked = np.zeros((K, S, S))
@@ -737,7 +767,6 @@ def attention_by_area(method, reduction, A, B, B_self, clusters):
     (N = most areas of a cluster), and on masked keys, itself included. Only what the phase times
     and targets need: never the (T, K, S, S) per-key maps.
     """
-    literally(method)
     T, S = B_self.shape
     K = reduction.cluster_prob.size
     n_areas = 0
@@ -753,3 +782,12 @@ def attention_by_area(method, reduction, A, B, B_self, clusters):
                                                    unmasked[ti, k, s])
             masked[ti, k, s] = hidden + on_self
     return unmasked, masked
+
+
+def compiled_before() -> bool:
+    """Whether Numba's cache already holds the main kernels (a first run compiles them: ~10 s)."""
+    try:
+        return all(os.path.exists(kernel._cache._cache_file._index_path)
+                   for kernel in (exact_population_loss_grad, attention_by_area))
+    except AttributeError:          # another Numba's internals: assume compiled, say nothing
+        return True

@@ -26,14 +26,13 @@ def check_method(method) -> str:
     return choice("method", method, METHODS)
 
 
-def query_functions(reduction: Reduction, method: str):
-    """(loss, loss-and-gradient) kernels of one masked query for ``method``; the mean field of
-    point-mass amplitudes is a rational function, evaluated in closed form (no t-integral)."""
-    if check_method(method) == "exact":
-        return kernels.exact_loss, kernels.exact_loss_grad
-    if reduction.all_point:
-        return kernels.closed_form_loss, kernels.closed_form_loss_grad
-    return kernels.meanfield_loss, kernels.meanfield_loss_grad
+def kernel_method(reduction: Reduction, method: str) -> np.int64:
+    """The kernels' run-time method code; the mean field of point-mass amplitudes is a rational
+    function, evaluated in closed form (no t-integral)."""
+    code = kernels.METHODS[check_method(method)]
+    if code == kernels.MEANFIELD and reduction.all_point:
+        code = kernels.CLOSED_FORM
+    return np.int64(code)
 
 
 def all_clusters(reduction: Reduction) -> np.ndarray:
@@ -44,9 +43,14 @@ def loss(state: State, method: str = "exact", clusters=None) -> float:
     """Population loss of a single-time state (summed over ``clusters``, default all)."""
     reduction = state.reduction
     use_threads(reduction)
-    return float(kernels.population_loss(query_functions(reduction, method)[0], reduction, state.A_classes,
-                                         state.B_classes, state.B_self,
-                                         all_clusters(reduction) if clusters is None else clusters))
+    clusters = all_clusters(reduction) if clusters is None else clusters
+    code = kernel_method(reduction, method)
+    if code == kernels.EXACT:
+        value = kernels.exact_population_loss(reduction, state.A_classes, state.B_classes, state.B_self, clusters)
+    else:
+        value = kernels.meanfield_population_loss(code, reduction, state.A_classes, state.B_classes, state.B_self,
+                                                  clusters)
+    return float(value)
 
 
 def loss_and_gradient(state: State, method: str = "exact", clusters=None) -> tuple[float, State]:
@@ -54,9 +58,14 @@ def loss_and_gradient(state: State, method: str = "exact", clusters=None) -> tup
     ``clusters``, default all)."""
     reduction = state.reduction
     use_threads(reduction)
-    value, gA, gB, gS = kernels.population_loss_grad(query_functions(reduction, method)[1], reduction,
-                                                     state.A_classes, state.B_classes, state.B_self,
-                                                     all_clusters(reduction) if clusters is None else clusters)
+    clusters = all_clusters(reduction) if clusters is None else clusters
+    code = kernel_method(reduction, method)
+    if code == kernels.EXACT:
+        value, gA, gB, gS = kernels.exact_population_loss_grad(reduction, state.A_classes, state.B_classes,
+                                                               state.B_self, clusters)
+    else:
+        value, gA, gB, gS = kernels.meanfield_population_loss_grad(code, reduction, state.A_classes,
+                                                                   state.B_classes, state.B_self, clusters)
     return float(value), State(reduction, gA, gB, gS)
 
 
@@ -83,7 +92,8 @@ class ClassAttention(NamedTuple):
 def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
     """Expected attention of a masked query of every class on every key class."""
     use_threads(state.reduction)
-    return ClassAttention(*kernels.attention_by_class(kernels.METHODS[check_method(method)], state.reduction,
+    code = np.int64(kernels.METHODS[check_method(method)])
+    return ClassAttention(*kernels.attention_by_class(code, state.reduction,
                                                       state.A_classes, state.B_classes, state.B_self,
                                                       all_clusters(state.reduction)))
 
@@ -97,7 +107,8 @@ def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray,
     B = np.ascontiguousarray(states.B_classes.reshape((-1,) + states.B_classes.shape[-2:]))
     Bs = np.ascontiguousarray(states.B_self.reshape((-1, states.B_self.shape[-1])))
     use_threads(reduction, times=A.shape[0])
-    unmasked, masked = kernels.attention_by_area(kernels.METHODS[check_method(method)], reduction, A, B, Bs,
+    code = np.int64(kernels.METHODS[check_method(method)])
+    unmasked, masked = kernels.attention_by_area(code, reduction, A, B, Bs,
                                                  all_clusters(reduction))
     lead = states.shape
     return unmasked.reshape(lead + unmasked.shape[1:]), masked.reshape(lead + masked.shape[1:])

@@ -61,7 +61,15 @@ import warnings
 import numpy as np
 import torch
 
-from .._validate import choice, instance, is_real, nonnegative_int, positive_int, positive_real, real
+from .._validate import (
+    choice,
+    instance,
+    is_real,
+    nonnegative_int,
+    positive_int,
+    positive_real,
+    real,
+)
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.population import target_attention_at
