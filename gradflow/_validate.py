@@ -105,3 +105,30 @@ def instance(name: str, value, cls):
     if not isinstance(value, cls):
         raise InvalidInputError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
     return value
+
+
+def available_memory() -> int:
+    """Bytes this process may use: physical memory, capped by its cgroup limit."""
+    import os
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 1 << 62
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as fh:
+                text = fh.read().strip()
+            if text.isdigit():
+                total = min(total, int(text))
+        except OSError:
+            continue
+    return total
+
+
+def check_memory(n_numbers: float, what: str) -> None:
+    """Refuse, before allocating, an array of ``n_numbers`` float64 that cannot fit in memory."""
+    need = 8.0 * float(n_numbers)
+    have = available_memory()
+    if need > 0.8 * have:
+        raise InvalidInputError(f"{what} would need {need / 2**30:.1f} GiB of memory, more than this machine "
+                                f"offers ({have / 2**30:.1f} GiB)")

@@ -96,7 +96,7 @@ def solve_summary(sol) -> str:
     summary = summarize(phases(sol))
     lines = [f"gradflow: {sol.model!r}",
              f"  method {sol.method}, t_max {sol.t[-1]:g}, status {sol.status}: {sol.message}",
-             f"  loss {sol.loss[0]:.6g} -> {sol.loss[-1]:.6g}"]
+             f"  loss {sol.loss_at(0):.6g} -> {sol.loss_at(-1):.6g}"]
     lines += ["  phases of " + g.line() + " (median)" for g in summary.groups.values()]
     if sol.method == "meanfield":
         lines.append("  (the mean-field loss drives the flow; attention is measured exactly on its state)")

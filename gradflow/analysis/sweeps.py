@@ -79,7 +79,7 @@ def run_point(model: DataModel, t_max: float, method: str, mc, path: str | None)
         sol = solve(model, t_max, method=method)
         summary = summarize(phases(sol))
         out.update({name: summary.time(name) for name in ("T1", "T2", "T3")})
-        out.update(final_loss=float(sol.loss[-1]), oracle_loss=area_oracle_loss(model),
+        out.update(final_loss=sol.loss_at(-1), oracle_loss=area_oracle_loss(model),
                    min_target_fraction=summary.min_target_fraction,
                    diversity=float(attention_diversity(sol)[-1]), status=float(sol.status),
                    nfev=float(sol.nfev))

@@ -155,7 +155,7 @@ def verify(model: DataModel, *, t_max: float | None = None, method: str = "exact
     div = attention_diversity(sol)
     oracle = area_oracle_loss(model)
     # the oracle bounds the exact loss; a mean-field flow is judged by the exact loss of its state
-    final_exact = float(sol.loss[-1]) if method == "exact" else loss(sol.states[-1], "exact")
+    final_exact = sol.loss_at(-1) if method == "exact" else loss(sol.states[-1], "exact")
     checks = [
         check_convergence(final_exact, oracle),
         check_area_wide(sol.target_attention[-1], model.ceiling(), eps),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from .._validate import choice, is_int
+from .._validate import check_memory, choice, is_int
 from ..errors import FileFormatError, InvalidInputError
 from ..io import read_dataset, write_dataset
 from ..model import DataModel
@@ -39,9 +39,8 @@ class Solution:
     states : State with a leading time axis: ``A_classes`` (T, S, F), ``B_classes`` (T, S, S),
         ``B_self`` (T, S); ``states[i]`` or ``state(i)`` is one time, ``at(t)`` any time.
     loss : (T,) the loss the flow descends: the exact population loss, or the mean-field loss
-        for a mean-field flow. From the gradient pass where the integrator evaluates it at its
-        step ends (RK45, RK23, DOP853: exact there, cubic Hermite with the exact slopes between),
-        else evaluated at the output times on first access.
+        for a mean-field flow, at the output times (evaluated on first access, in one pass;
+        ``loss_at(i)`` evaluates one). ``step_loss`` has it for free at the integrator's steps.
     target_attention : (T, K, P) expected mass a masked query at p puts on the unmasked keys of
         its own area in cluster k (``target_attention_classes`` (T, K, S) per class). Attention
         observables are exact expectations of the state, also for a mean-field flow.
@@ -49,6 +48,7 @@ class Solution:
     model, method : what was solved and how; ``reduction`` the class resolution.
     status : 0 success, -1 the integration stopped early (``message`` says why).
     converged : for ``solve(t_max=None)``, whether the convergence rule was met (else None).
+    integrator : the SciPy method that integrated it (``integrator="auto"`` chooses by size).
     nfev : evaluations of the gradient; ``wall_time`` seconds spent in ``solve``.
     step_t, step_loss : the integrator's step ends and the loss there where the gradient pass
         computed it (NaN elsewhere): the flow's own record of its monotone descent.
@@ -66,6 +66,7 @@ class Solution:
     _loss: np.ndarray | None = field(default=None, repr=False)
     _target_classes: np.ndarray | None = field(default=None, repr=False)
     converged: bool | None = None
+    integrator: str = ""
     step_t: np.ndarray | None = field(default=None, repr=False)
     step_loss: np.ndarray | None = field(default=None, repr=False)
 
@@ -133,9 +134,19 @@ class Solution:
     # ---- observables ------------------------------------------------------------------------
     @property
     def loss(self) -> np.ndarray:
-        if self._loss is None:
-            self._loss = np.array([loss(self.states[i], self.method) for i in range(self.t.size)])
+        for i in range(self.t.size):
+            self.loss_at(i)
         return self._loss
+
+    def loss_at(self, i: int) -> float:
+        """The loss at output ``i``, evaluated if not known yet (the first and last mostly are:
+        the gradient pass computed them)."""
+        i = self._index(i) % self.t.size
+        if self._loss is None:
+            self._loss = np.full(self.t.size, np.nan)
+        if not np.isfinite(self._loss[i]):
+            self._loss[i] = loss(self.states[i], self.method)
+        return float(self._loss[i])
 
     @property
     def target_attention_classes(self) -> np.ndarray:
@@ -177,7 +188,8 @@ class Solution:
     def __repr__(self) -> str:
         return (f"<gradflow.Solution {self.method}, {self.model!r}\n"
                 f" t: {self.t.size} times in [{self.t[0]:g}, {self.t[-1]:g}], {self.reduction.n_classes} "
-                f"classes, status {self.status} ({self.message}), nfev {self.nfev}, {self.wall_time:.3g} s>")
+                f"classes, {self.integrator or 'integrator unknown'}, status {self.status} ({self.message}), "
+                f"nfev {self.nfev}, {self.wall_time:.3g} s>")
 
     # ---- files ------------------------------------------------------------------------------
     def to_xarray(self, per_position: bool = False) -> xr.Dataset:
@@ -269,6 +281,7 @@ class PerPosition:
         return self.shape[0]
 
     def __array__(self, dtype=None, copy=None):
+        check_memory(float(np.prod(self.shape)), f"the per-position {self.which} at every output time {self.shape}")
         out = getattr(self.states, self.which)
         return out if dtype is None else out.astype(dtype)
 

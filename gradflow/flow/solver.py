@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolver, Radau
-from scipy.interpolate import CubicHermiteSpline
 
 from .._validate import choice, instance, positive_int, positive_real, real
 from ..errors import InvalidInputError
@@ -106,14 +105,14 @@ def _evaluator(reduction, method, client):
     return ShardedPopulation(client, reduction, method).loss_and_gradient
 
 
-def _output_loss(t_out, run) -> np.ndarray | None:
-    """The loss at the output times from the losses and slopes the gradient pass left at every
-    step end (cubic Hermite between them); None where the integrator did not leave them."""
-    if not (np.all(np.isfinite(run.step_loss)) and np.all(np.isfinite(run.step_rate))):
-        return None
-    if run.step_t.size < 2:
-        return np.full(t_out.size, run.step_loss[0])
-    return CubicHermiteSpline(run.step_t, run.step_loss, run.step_rate)(t_out)
+def _known_losses(t_out, run) -> np.ndarray:
+    """(T,) the loss at the output times that coincide with step ends where the gradient pass
+    computed it (t = 0 and the last time, mostly); NaN elsewhere, evaluated on access."""
+    out = np.full(t_out.size, np.nan)
+    where = {float(t): v for t, v in zip(run.step_t, run.step_loss) if np.isfinite(v)}
+    for i, t in enumerate(t_out):
+        out[i] = where.get(float(t), np.nan)
+    return out
 
 
 def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact", integrator: str = "auto",
@@ -228,5 +227,6 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         warnings.warn(f"gradflow.solve: {run.message}", RuntimeWarning, stacklevel=2)
     return Solution(t=t_out, states=State.from_flat(reduction, ys), model=model, method=method,
                     status=run.status, message=run.message, nfev=field.nfev + 1 + len(run.checks),
-                    wall_time=time.perf_counter() - start, _dense=run.dense, _loss=_output_loss(t_out, run),
-                    converged=run.converged, step_t=run.step_t, step_loss=run.step_loss)
+                    wall_time=time.perf_counter() - start, _dense=run.dense, _loss=_known_losses(t_out, run),
+                    converged=run.converged, integrator=solver_class.__name__, step_t=run.step_t,
+                    step_loss=run.step_loss)

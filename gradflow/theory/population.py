@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validate import choice, instance
+from .._validate import check_memory, choice, instance
 from ..model import DataModel
 from . import kernels
 from .parallel import use_threads
@@ -91,6 +91,9 @@ class ClassAttention(NamedTuple):
 
 def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
     """Expected attention of a masked query of every class on every key class."""
+    reduction = state.reduction
+    check_memory(2.0 * reduction.n_clusters * reduction.n_classes ** 2,
+                 f"attention of {reduction.n_classes} classes on each other")
     use_threads(state.reduction)
     code = np.int64(kernels.METHODS[check_method(method)])
     return ClassAttention(*kernels.attention_by_class(code, state.reduction,
@@ -142,6 +145,9 @@ def attention_maps(state: State, method: str = "exact", part: str = "total", clu
     per_class = {"total": att.unmasked + att.masked, "unmasked": att.unmasked, "masked": att.masked}[part]
     reduction = state.reduction
     clusters = range(reduction.n_clusters) if clusters is None else clusters
+    P = reduction.n_positions
+    check_memory(2.0 * reduction.n_clusters * reduction.n_classes ** 2 + len(clusters) * P * P,
+                 f"attention maps of {len(clusters)} cluster(s) at P = {P}")
     with np.errstate(invalid="ignore", divide="ignore"):
         per_key = np.where(reduction.other_keys > 0, per_class / reduction.other_keys, 0.0)
     c = reduction.class_of

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
+from .._validate import check_memory
 from ..model import DataModel
 
 
@@ -75,6 +77,10 @@ def _build(model: DataModel, class_of: np.ndarray) -> Reduction:
     P, K, F = model.n_patches, model.n_clusters, model.n_features
     class_of = np.asarray(class_of, dtype=np.int64)
     S = int(class_of.max()) + 1
+    amax = max(a.values.size for cl in model.clusters for a in cl.amplitudes)
+    # the class pairs, and per query the keys' weights at every atom (one per thread)
+    check_memory(S * S + 4.0 * S * amax * numba.config.NUMBA_NUM_THREADS,
+                 f"a reduction of {S} classes with {amax} amplitude atoms")
     sizes = np.bincount(class_of, minlength=S).astype(np.int64)
     rep = np.zeros(S, dtype=np.int64)
     rep[class_of[::-1]] = np.arange(P)[::-1]        # first position of every class
