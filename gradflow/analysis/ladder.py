@@ -38,7 +38,6 @@ import hashlib
 import importlib.util
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -55,7 +54,9 @@ from ..flow.solver import solve
 from ..io import atomic_path, check_output_path
 from ..model.datamodel import DataModel
 from ..theory.oracle import area_oracle_loss
+from ..theory.parallel import available_cpus
 from ..training.run import TrainRun
+from .cluster import given_or_local_client
 
 FIT_TOLERANCE = 0.1       # largest |rung - flow(c t)| (attention mass) for "one time scale fits"
 RATIO_FACTOR = 1.5        # T3/T2 of the rung within [1/1.5, 1.5] x the flow's for "one time scale fits"
@@ -375,18 +376,14 @@ def run_task(model: DataModel, rung: Rung, seed: int, settings: dict, path: str,
 
 
 def _run_all(todo: list, client, progress) -> dict:
-    """Run (key, args) tasks on ``client`` (default: LocalCluster(2 workers x 1 thread))."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    """Run (key, args) tasks on ``client`` (default: a local cluster of at most 2 workers x 1 thread)."""
+    from dask.distributed import as_completed
 
     results = {}
     if not todo:
         return results
     own = client is None
-    if own:
-        cluster = LocalCluster(n_workers=min(2, os.cpu_count() or 1), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    try:
+    with given_or_local_client(client, n_workers=min(2, available_cpus()) if own else None) as client:
         # tune the processes only of a cluster made here (not a caller's client or scheduler)
         futures = {client.submit(run_task, *args, tune=own, pure=False): key for key, args in todo}
         bar = None
@@ -401,10 +398,6 @@ def _run_all(todo: list, client, progress) -> dict:
                 bar.update(1)
         if bar is not None:
             bar.close()
-    finally:
-        if own:
-            client.close()
-            cluster.close()
     return results
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..model.presets import PRESETS, preset
 from ..theory.oracle import area_oracle_loss
 from ..theory.population import check_method
 from ..training.sgd import train_transformer
+from .cluster import given_or_local_client
 from .comparison import compare
 
 SUMMARY = ("final_loss", "oracle_loss", "min_target_fraction", "T1", "T2", "T3", "diversity",
@@ -152,18 +152,13 @@ def _build_points(build, grid: dict, fixed: dict) -> list:
 
 
 def _run(todo: list, client, progress) -> dict:
-    """Run (index, model, path) tasks on ``client`` (default: a LocalCluster); index -> result."""
-    from dask.distributed import Client, LocalCluster, as_completed
+    """Run (index, model, path) tasks on ``client`` (default: a local cluster); index -> result."""
+    from dask.distributed import as_completed
 
     results = {}
     if not todo:
         return results
-    own = client is None
-    if own:
-        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    try:
+    with given_or_local_client(client) as client:
         futures = {client.submit(run_point, model, *task, path, pure=False): idx for idx, model, task, path in todo}
         bar = None
         if progress or (progress is None and sys.stderr.isatty()):
@@ -175,10 +170,6 @@ def _run(todo: list, client, progress) -> dict:
                 bar.update(1)
         if bar is not None:
             bar.close()
-    finally:
-        if own:
-            client.close()
-            cluster.close()
     return results
 
 
