@@ -16,7 +16,7 @@ from numba import njit
 from ..flow.solver import solve
 from ..io import atomic_path, check_output_path
 from ..model import Amplitude, Cluster, DataModel
-from ..model.presets import global_local
+from ..model.presets import global_local, voronoi
 from ..theory.kernels import (
     EXACT,
     key_derivatives,
@@ -164,6 +164,108 @@ def bench_throughput(row, rng):
     row("kernel rate / single-core loop ceiling", rate / peak, "x", "all threads in the kernel")
 
 
+def trained_like_state(reduction, seed: int = 0) -> State:
+    """A state like those late in a flow (own-area FP correlations grown, the others negative),
+    for timings that should not be those of Q = 0 (where the Gauss-Laguerre rule makes a
+    gradient ~20x cheaper)."""
+    rng = np.random.default_rng(seed)
+    S, F = reduction.n_classes, reduction.n_features
+    A = -0.5 + 0.2 * rng.standard_normal((S, F))
+    for k in range(reduction.n_clusters):
+        A[np.arange(S), reduction.key_feature[k]] = 4.0 + 0.2 * rng.standard_normal(S)
+    return State(reduction, A, 0.3 * rng.standard_normal((S, S)), 0.3 * rng.standard_normal(S))
+
+
+def bench_dask(row, quick):
+    """Strong scaling of one exact gradient over a local Dask cluster of 1 and 2 workers (one
+    thread each), the clusters of a Voronoi model sharded among them; and the round trip of an
+    evaluation with no clusters to sum (the communication)."""
+    from ..theory.distributed import ShardedPopulation
+    from ..theory.population import loss_and_gradient
+    from ..theory.reduction import signature_reduction
+    from .cluster import local_client
+    layouts = 16 if quick else 64
+    model = voronoi(grid=(14, 14), n_clusters=layouts, n_regions=8, seed=0)
+    reduction = signature_reduction(model)
+    state = trained_like_state(reduction)
+    local = best_time(lambda: loss_and_gradient(state), repeat=2)
+    row(f"{layouts} layouts 14x14 (S={reduction.n_classes}): exact gradient, here", local, "s",
+        f"{state.flat().size} state numbers")
+    for workers in (1, 2):
+        with local_client(workers) as client:
+            sharded = ShardedPopulation(client, reduction, "exact")
+            t = best_time(lambda: sharded.loss_and_gradient(state), repeat=2)
+            sharded.shards = [np.zeros(0, np.int64) for _ in sharded.shards]
+            comm = best_time(lambda: sharded.loss_and_gradient(state), repeat=3)
+        row(f"{layouts} layouts: exact gradient on {workers} Dask worker(s)", t, "s",
+            f"round trip with no work {comm * 1e3:.0f} ms; per cluster {t * workers / layouts * 1e3:.0f} ms-worker")
+
+
+def bench_vit_scale(row, quick):
+    """Irregular layouts at ViT scale: gradients, whole solves with the defaults, observables."""
+    from ..flow.phase_times import phases, summarize
+    from ..theory.population import loss_and_gradient
+    from ..theory.reduction import signature_reduction
+    from ..theory.state import State as _State
+    model = voronoi(grid=(14, 14), n_clusters=16, n_regions=8, seed=0)
+    reduction = signature_reduction(model)
+    zero, late = _State.zeros(reduction), trained_like_state(reduction)
+    note = f"S={reduction.n_classes}, F={reduction.n_features}, {zero.flat().size} state numbers"
+    row("14x14, 16 Voronoi layouts: exact gradient at Q = 0", best_time(lambda: loss_and_gradient(zero)), "s", note)
+    row("14x14, 16 Voronoi layouts: exact gradient, late-flow state", best_time(lambda: loss_and_gradient(late),
+                                                                           repeat=2), "s")
+    row("14x14: mean-field gradient, late-flow state", best_time(lambda: loss_and_gradient(late, "meanfield")), "s")
+    if quick:
+        return
+    for method in ("meanfield", "exact"):
+        start = time.perf_counter()
+        sol = solve(model, 2e4, method=method, progress=False)
+        took = time.perf_counter() - start
+        start = time.perf_counter()
+        summary = summarize(phases(sol))
+        observed = time.perf_counter() - start
+        row(f"14x14: {method} solve to t=2e4, defaults", took, "s",
+            f"{sol.integrator}, {sol.nfev} gradients, status {sol.status}, target/ceiling min "
+            f"{summary.min_target_fraction:.3f} mean {summary.mean_target_fraction:.3f}")
+        row(f"14x14: phases of that solve (attention at {sol.t.size} times)", observed, "s",
+            f"{observed / took:.0%} of the solve")
+    big = voronoi(grid=(32, 32), n_clusters=16, n_regions=8, seed=0)
+    big_reduction = signature_reduction(big)
+    row("32x32, 16 Voronoi layouts: exact gradient, late-flow state",
+        best_time(lambda: loss_and_gradient(trained_like_state(big_reduction)), repeat=1), "s",
+        f"S={big_reduction.n_classes}")
+
+
+def bench_shared_machine(row, quick):
+    """A small and a large solve alone and beside one busy process: threads chosen by work
+    against every thread always (the process's usable CPUs)."""
+    import subprocess
+    import sys
+
+    import numba
+
+    from ..theory import parallel
+    small = global_local(64)
+    large = voronoi(grid=(8, 8), n_clusters=6, n_regions=5, seed=3, amplitudes="unit")
+    cases = (("small (paper preset)", small, 2000.0), ("large (8x8, 6 layouts)", large, 200.0 if quick else 2000.0))
+    busy = [sys.executable, "-c", "while True: pass"]
+    default_limit = parallel.PARALLEL_WORK
+    for beside in (False, True):
+        hog = subprocess.Popen(busy) if beside else None
+        try:
+            for name, model, t_end in cases:
+                for label, limit in (("threads by work", default_limit), ("all threads", 0)):
+                    parallel.PARALLEL_WORK = limit
+                    took = best_time(lambda: solve(model, t_end, progress=False), repeat=3, budget=20.0)
+                    row(f"{name} solve {'beside a busy process' if beside else 'alone'}, {label}", took, "s",
+                        f"up to {numba.config.NUMBA_NUM_THREADS} threads")
+        finally:
+            parallel.PARALLEL_WORK = default_limit
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+
+
 def run(quick: bool = False, progress=print) -> list:
     """Run the benchmarks; returns rows of dicts (name, value, unit, note)."""
     rows = []
@@ -179,6 +281,9 @@ def run(quick: bool = False, progress=print) -> list:
     bench_solve_over_P(row, quick)
     bench_classes(row, quick, rng)
     bench_throughput(row, rng)
+    bench_vit_scale(row, quick)
+    bench_shared_machine(row, quick)
+    bench_dask(row, quick)
     return rows
 
 
