@@ -29,6 +29,7 @@ from .._validate import (
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.population import target_attention_at
+from ..theory.state import LOG_WEIGHT_LIMIT
 from .checkpoint import CHECKPOINT_VERSION, RECORDS, load_checkpoint, save_checkpoint
 from .run import TrainRun
 from .sampling import BatchSampler
@@ -81,12 +82,17 @@ def _resumed(path, meta, record_every) -> _Progress:
                      float(ck["acc"]), int(ck["n_acc"]))
 
 
-def _record(run: _Progress, model: DataModel, lr: float, loss_mean: float) -> None:
+def _record(run: _Progress, model: DataModel, lr: float, loss_mean: float) -> str | None:
+    """Append a record; the reason the run diverged instead, when its scores left any sane range."""
     A = run.E.T @ run.Q @ run.V
     B = run.E.T @ run.Q @ run.E
+    span = np.abs(B).max() + np.abs(A).max() * max(a.values.max() for c in model.clusters for a in c.amplitudes)
+    if not np.isfinite(span) or span > LOG_WEIGHT_LIMIT:
+        return f"attention scores reach {span:.3g} (beyond {LOG_WEIGHT_LIMIT:g})"
     for key, value in (("t", lr * run.step), ("step", run.step), ("A", A), ("B", B), ("loss", loss_mean),
                        ("att", target_attention_at(model, A, B))):
         run.records[key].append(value)
+    return None
 
 
 def _progress_bar(progress, total: int, initial: int):
@@ -169,6 +175,11 @@ def train_transformer(model: DataModel, *, steps: int, lr: float, batch_size: in
                     status=status, message=message, meta=meta)
 
 
+def _diverged(run: _Progress, why: str, lr: float, step: int) -> str:
+    return (f"diverged by step {step}: {why}; lower lr (now {lr:g}); the records stop at step "
+            f"{run.records['step'][-1]}")
+
+
 def _train(run: _Progress, model, steps, lr, batch_size, record_every, progress, save) -> tuple[int, str]:
     """SGD steps until ``steps``; (status, message)."""
     sampler = BatchSampler(model)
@@ -178,8 +189,7 @@ def _train(run: _Progress, model, steps, lr, batch_size, record_every, progress,
             fq, z, vis = sampler.sample(run.rng, batch_size)
             loss, dQ = batch_loss_grad(run.Q, run.E, run.V, fq, z, vis)
             if not (np.isfinite(loss) and np.all(np.isfinite(dQ))):
-                return -1, (f"diverged at step {run.step + 1}: the batch loss is {loss!r}; lower lr "
-                            f"(now {lr:g}); the records stop at step {run.records['step'][-1]}")
+                return -1, _diverged(run, f"the batch loss is {loss!r}", lr, run.step + 1)
             run.Q -= lr * dQ
             run.step += 1
             run.acc += loss
@@ -188,7 +198,9 @@ def _train(run: _Progress, model, steps, lr, batch_size, record_every, progress,
                 bar.update(1)
             on_grid = run.step % record_every == 0
             if on_grid or run.step == steps:
-                _record(run, model, lr, run.acc / run.n_acc)
+                why = _record(run, model, lr, run.acc / run.n_acc)
+                if why is not None:
+                    return -1, _diverged(run, why, lr, run.step)
                 if on_grid:     # an off-grid final record keeps its interval open for a resume
                     run.acc, run.n_acc = 0.0, 0
                 save()
