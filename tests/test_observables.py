@@ -181,3 +181,25 @@ def test_phase_scaling_by_preset_name_balanced():
     assert r.which == "all" and abs(r.slopes["T2"]) < 0.2 and r.fit_range("T2") == (16, 64)
     with pytest.raises(ValueError, match="Ps"):
         phase_scaling("global_local", [16.5, 36])
+
+
+def test_ideal_diversity_against_pairwise_maps():
+    """The area-wide ideal: every query spreads evenly over the other patches of its area (a
+    one-patch area's query stays on itself); its diversity from the per-position maps."""
+    from gradflow.flow.observables import ideal_diversity
+    from gradflow.presets import balanced
+    assert ideal_diversity(balanced(P=16)) == pytest.approx(1 - (48 / 240) * (2 / 3), rel=1e-12)
+    m = DataModel(n_patches=7, mask_ratio=0.5, clusters=[Cluster([0, 0, 0, 1, 1, 2, 0], prob=0.3),
+                                                         Cluster([0, 1, 1, 1, 0, 0, 1], prob=0.7)])
+    expected = 0.0
+    for prob, c in zip(m.probs, m.clusters):
+        W = np.zeros((7, 7))
+        for p in range(7):
+            mates = np.flatnonzero((c.areas == c.areas[p]) & (np.arange(7) != p))
+            if mates.size:
+                W[p, mates] = 1.0 / mates.size
+            else:
+                W[p, p] = 1.0
+        overlap = sum(np.minimum(W[p], W[q]).sum() for p in range(7) for q in range(7) if p != q)
+        expected += prob * (1 - overlap / 42)
+    assert ideal_diversity(m) == pytest.approx(expected, rel=1e-12)

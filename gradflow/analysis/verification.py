@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .._validate import instance
-from ..flow.observables import attention_diversity, target_fraction
+from ..flow.observables import attention_diversity, ideal_diversity, target_fraction
 from ..flow.phase_times import phases, summarize
 from ..flow.solver import solve
 from ..model import DataModel
@@ -21,7 +21,8 @@ from .comparison import compare
 
 CONVERGENCE_TOL = 0.02      # final loss within 2% of the area-oracle loss
 MONOTONE_TOL = 1e-10        # allowed relative rise of the loss between outputs (round-off)
-DIVERSITY_GAIN = 0.1        # final diversity at least this much above its t = 0 value
+DIVERSITY_SHARE = 0.5       # final diversity at least half way from its t = 0 value to the ideal
+DIVERSITY_MEASURABLE = 0.02  # below this gain of the ideal over the start there is nothing to learn
 
 
 @dataclass
@@ -77,10 +78,22 @@ def check_monotone(loss: np.ndarray, tol: float = MONOTONE_TOL) -> Check:
                  "the loss decreases along the gradient flow")
 
 
-def check_diversity(diversity: np.ndarray, gain: float = DIVERSITY_GAIN) -> Check:
+def check_diversity(diversity: np.ndarray, ideal: float, share: float = DIVERSITY_SHARE,
+                    n_patches: int | None = None) -> Check:
+    """Diversity must cover ``share`` of the way from its start to that of the ideal area-wide
+    attention (which is small when one area dominates: a fixed gain would be unreachable). When
+    the ideal is hardly more diverse than the start (by less than 0.02, or than the 2/(P-1) that
+    queries get from merely not attending to themselves), there is nothing to check."""
     d0, d1 = float(diversity[0]), float(diversity[-1])
-    return Check("attention diversity", f"{d0:.4f} -> {d1:.4f}", f"final >= initial + {gain:g}",
-                 bool(d1 >= d0 + gain), "patches learn diverse local attention patterns, not one collapsed map")
+    floor = max(DIVERSITY_MEASURABLE, 0.0 if n_patches is None else 2.0 / max(n_patches - 1, 1))
+    if ideal - d0 < floor:
+        return Check("attention diversity", f"{d0:.4f} -> {d1:.4f} (area-wide ideal {ideal:.4f})",
+                     f"ideal >= initial + {DIVERSITY_MEASURABLE:g}", True,
+                     "not applicable: the area-wide ideal is hardly more diverse than the start")
+    need = d0 + share * (ideal - d0)
+    return Check("attention diversity", f"{d0:.4f} -> {d1:.4f} (area-wide ideal {ideal:.4f})",
+                 f"final >= {need:.4f}, {share:.0%} of the way to the ideal", bool(d1 >= need),
+                 "patches learn diverse local attention patterns, not one collapsed map")
 
 
 def check_monte_carlo(max_error: float, tol: float) -> Check:
@@ -161,7 +174,7 @@ def verify(model: DataModel, *, t_max: float | None = None, method: str = "exact
         check_area_wide(sol.target_attention[-1], model.ceiling(), eps),
         check_phase_order(ph.T1, ph.T2, ph.T3, ph.is_local, ph.ceiling),
         check_monotone(_descent_record(sol)),
-        check_diversity(div),
+        check_diversity(div, ideal_diversity(model), n_patches=model.n_patches),
     ]
     if mc is not None:
         mc = dict(mc)

@@ -115,6 +115,25 @@ def _diversity_one(per_key: np.ndarray, self_w: np.ndarray, sizes: np.ndarray) -
     return 1.0 - total / (P * (P - 1.0))
 
 
+def ideal_diversity(model) -> float:
+    """Diversity of the area-wide attention the paper predicts (docs/model.md section 5): every
+    masked query spreads its attention evenly over the other patches of its own area (a
+    single-patch area's query stays on itself). What ``attention_diversity`` can approach: near 1
+    for many small areas, small for one dominant area."""
+    from ..theory.reduction import signature_reduction
+    reduction = signature_reduction(model)
+    out = 0.0
+    for k in range(reduction.n_clusters):
+        area = reduction.key_feature[k]                               # (S,) feature of each class
+        sizes = np.bincount(area, weights=reduction.class_size, minlength=reduction.n_features)[area]
+        same = area[:, None] == area[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_key = np.where(same & (sizes[:, None] > 1), 1.0 / (sizes[:, None] - 1.0), 0.0)
+        self_w = np.where(sizes > 1, 0.0, 1.0)
+        out += reduction.cluster_prob[k] * _diversity_one(per_key, self_w, reduction.class_size)
+    return float(out)
+
+
 def attention_diversity(result) -> np.ndarray:
     """(T,) attention diversity (docs/model.md section 5), per cluster, weighted by probability.
 

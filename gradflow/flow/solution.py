@@ -220,6 +220,7 @@ class Solution:
         ds = xr.Dataset(data, coords=coords)
         ds.attrs.update(gradflow_format=FORMAT_VERSION, kind="solution", model=m.to_json(),
                         method=self.method, status=int(self.status), message=self.message, nfev=int(self.nfev),
+                        integrator=self.integrator,
                         wall_time=float(self.wall_time),
                         # signature classes, or every position its own class (a solve from init=...)
                         resolution="signature" if np.array_equal(reduction.class_of, m.class_of) else "position")
@@ -260,6 +261,7 @@ class Solution:
         return cls(t=t, states=states, model=model, method=method, status=int(ds.attrs["status"]),
                    message=str(ds.attrs["message"]), nfev=int(ds.attrs["nfev"]),
                    wall_time=float(ds.attrs["wall_time"]), _dense=dense, _loss=ds["loss"].values,
+                   integrator=str(ds.attrs.get("integrator", "")),
                    _target_classes=ds[target_name].values if target_name in ds else None)
 
 
