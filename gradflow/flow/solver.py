@@ -157,7 +157,8 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         A progress bar of the time reached (default: on a terminal).
     tol : float
         Convergence tolerance of ``t_max=None``: stop once t |dL/dt| / L < tol at every
-        checkpoint (four per decade) of the last decade of time (docs/model.md section 5).
+        checkpoint (four per decade) of the last decade of time; the mean-field flow, whose loss
+        tends to 0, compares with L(0) instead of L (docs/model.md section 7).
 
     Returns
     -------
@@ -200,7 +201,8 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
                             nfev=1, wall_time=time.perf_counter() - start, _loss=np.array([loss0]),
                             converged=True)
         tau0 = abs(loss0 / rate0)
-        convergence = Convergence(tol=tol, tau0=tau0)
+        # the mean-field loss tends to 0 like 1/t (docs/model.md section 7): judge it against L(0)
+        convergence = Convergence(tol=tol, tau0=tau0, scale=abs(loss0) if method == "meanfield" else None)
         t_bound = CONVERGENCE_CAP
         decades = math.log10(t_bound / (1e-4 * tau0))
         candidates = np.concatenate([[0.0], np.geomspace(1e-4 * tau0, t_bound,

@@ -69,10 +69,16 @@ class Convergence:
     by less than ``tol`` of itself per e-fold of time: t |dL/dt| / L < tol. In the 1/t tail of
     the loss (softmax leakage) that bounds the loss still to lose by about ``tol`` of the loss;
     requiring it over a whole decade keeps a pause between phases from stopping the flow.
+
+    With ``scale`` set, the fall is measured against that fixed loss instead of the current one:
+    t |dL/dt| / scale < tol. The mean-field loss needs it (``solve`` passes L(0)): it has no
+    fully masked areas, so wherever an area has two patches or more its loss tends to 0 like 1/t
+    and falls by a fixed share of itself per e-fold forever; against L(0) its tail ends.
     """
 
     tol: float
     tau0: float
+    scale: float | None = None
     checks: list = field(default_factory=list)      # (t, t |dL/dt| / L)
     next_t: float = 0.0
 
@@ -87,7 +93,8 @@ class Convergence:
 
     def record(self, t: float, loss: float, rate: float) -> bool:
         """Add a checkpoint; True when converged."""
-        s = t * abs(rate) / abs(loss) if loss != 0 else 0.0
+        ref = abs(loss) if self.scale is None else self.scale
+        s = t * abs(rate) / ref if ref != 0 else 0.0
         self.checks.append((t, s))
         self.next_t = t * 10.0 ** (1.0 / self.PER_DECADE)
         window = [v for tt, v in self.checks if tt >= t / 10.0 * (1 - 1e-12)]
@@ -95,8 +102,11 @@ class Convergence:
 
     def message(self) -> str:
         t, s = self.checks[-1]
-        return (f"converged at t={t:.4g}: the loss falls by less than {self.tol:g} of itself per e-fold "
-                f"of time over the last decade (t |dL/dt| / L = {s:.2g})")
+        if self.scale is None:
+            return (f"converged at t={t:.4g}: the loss falls by less than {self.tol:g} of itself per e-fold "
+                    f"of time over the last decade (t |dL/dt| / L = {s:.2g})")
+        return (f"converged at t={t:.4g}: the loss falls by less than {self.tol:g} of its initial value per "
+                f"e-fold of time over the last decade (t |dL/dt| / L(0) = {s:.2g})")
 
 
 @dataclass
