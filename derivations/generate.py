@@ -65,13 +65,15 @@ def _body(pairs, indent="    "):
 def _function(name, args, doc, pairs, outputs, pre=""):
     sig = ", ".join(args)
     ret = ", ".join(outputs)
-    return (f"\n\n@njit(cache=True)\ndef {name}({sig}):\n    \"\"\"{doc}\"\"\"\n{pre}"
+    # error_model="numpy": no zero-division checks, which would stop the kernels' loops vectorising
+    return (f"\n\n@njit(cache=True, error_model=\"numpy\")\ndef {name}({sig}):\n    \"\"\"{doc}\"\"\"\n{pre}"
             f"{_body(pairs)}    return {ret}\n")
 
 
 def _inline_function(name, args, doc, pairs, outputs):
     """Like _function, inlined into the kernels' loops (no call, no tuple)."""
-    return _function(name, args, doc, pairs, outputs).replace("@njit(cache=True)", '@njit(cache=True, inline="always")')
+    return _function(name, args, doc, pairs, outputs).replace(
+        'error_model="numpy")', 'error_model="numpy", inline="always")')
 
 
 def render() -> str:

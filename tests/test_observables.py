@@ -161,8 +161,10 @@ def test_T1_is_measured_from_t0_even_when_outputs_start_later():
         loaded_path = f"{d}/s.nc"
         sol.save(loaded_path)
         loaded = gradflow.Solution.load(loaded_path)
+        # the attention recorded at the step ends (from t = 0) is saved with the file ...
+        np.testing.assert_allclose(phases(loaded, traces="steps").T1, phases(sol, traces="steps").T1, rtol=1e-12)
         with pytest.raises(ValueError, match="t = 0"):
-            phases(loaded)                           # a loaded file cannot reach back to t = 0
+            phases(loaded)                           # ... without it a file cannot reach back to t = 0
         with pytest.raises(ValueError, match="t must be in"):
             loaded.at(0.0)
 
@@ -203,3 +205,41 @@ def test_ideal_diversity_against_pairwise_maps():
         overlap = sum(np.minimum(W[p], W[q]).sum() for p in range(7) for q in range(7) if p != q)
         expected += prob * (1 - overlap / 42)
     assert ideal_diversity(m) == pytest.approx(expected, rel=1e-12)
+
+
+def test_gradient_pass_attention_equals_the_attention_kernel():
+    """The attention by area the exact gradient pass computes on the side (what phases read at
+    every step end) is the attention kernel's, at random states of an irregular model."""
+    from gradflow.presets import voronoi
+    from gradflow.theory.population import attention_by_area, loss_gradient_and_masses
+    from gradflow.theory.reduction import signature_reduction
+    from gradflow.theory.state import State
+    m = voronoi(grid=(4, 5), n_clusters=3, n_regions=4, seed=3, random_fraction=0.5)
+    reduction = signature_reduction(m)
+    rng = np.random.default_rng(1)
+    S, F = reduction.n_classes, reduction.n_features
+    for scale in (0.0, 0.5, 3.0):
+        st = State(reduction, scale * rng.standard_normal((S, F)), scale * rng.standard_normal((S, S)),
+                   scale * rng.standard_normal(S))
+        _, _, (unmasked, masked) = loss_gradient_and_masses(st)
+        ref_unmasked, ref_masked = attention_by_area(State(reduction, st.A_classes[None], st.B_classes[None],
+                                                           st.B_self[None]))
+        np.testing.assert_allclose(unmasked, ref_unmasked[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(masked, ref_masked[0], rtol=1e-12, atol=1e-15)
+        assert np.allclose(unmasked.sum(-1) + masked, 1.0)           # every query's mass sums to one
+
+
+def test_phases_of_a_runge_kutta_flow_read_its_step_ends():
+    """An explicit Runge-Kutta flow records the exact attention at every step end; its phase times
+    agree with those read from dense output times."""
+    from gradflow.presets import global_local
+    m = global_local(36, n_local=2, local_size=4)
+    sol = gradflow.solve(m, 2000.0, integrator="RK45")
+    assert sol.step_masses is not None and sol.step_masses.by_area.shape[0] == sol.step_t.size
+    ph = phases(sol, traces="steps")
+    assert np.array_equal(ph.t, sol.step_t)
+    assert np.array_equal(phases(sol).t, sol.t)                    # "auto" for a small state: the outputs
+    dense = gradflow.solve(m, 2000.0, integrator="RK45", t_eval=np.linspace(0, 2000.0, 20001))
+    ref = phases(dense, traces="outputs")
+    for name in ("T1", "T2", "T3"):
+        np.testing.assert_allclose(getattr(ph, name), getattr(ref, name), rtol=5e-3)   # linear between samples

@@ -140,3 +140,19 @@ def test_meanfield_flow_is_observed_with_the_exact_attention():
     np.testing.assert_allclose(sol.target_attention_classes[-1], exact, rtol=1e-12)
     assert np.nanmax(sol.target_fraction) <= 1.0
     assert np.max(mean_field[:, 1:] / (1 - 0.5 ** 3)) > 1.0       # what it would report otherwise
+
+
+def test_dense_output_too_large_to_keep_falls_back_to_splines_through_the_outputs(monkeypatch):
+    """When the dense output would not fit (stepping.DENSE_OUTPUT_LIMIT), ``at`` interpolates the
+    stored outputs with Hermite splines whose slopes are the flow's velocities (was: an error)."""
+    import numpy as np
+    import gradflow
+    from gradflow.flow import stepping
+    from gradflow.presets import global_local
+    m = global_local(36, n_local=2, local_size=4)
+    full = gradflow.solve(m, 200.0)
+    monkeypatch.setattr(stepping, "DENSE_OUTPUT_LIMIT", 10)
+    small = gradflow.solve(m, 200.0)
+    assert small.dense_range() == (0.0, 200.0)
+    for t in (0.0, 3.3, 47.0, 199.0):
+        np.testing.assert_allclose(small.at(t).flat(), full.at(t).flat(), rtol=2e-3, atol=1e-6)

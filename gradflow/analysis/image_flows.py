@@ -17,7 +17,7 @@ import xarray as xr
 
 from .._validate import choice, fmt, is_int, positive_real
 from ..errors import FileFormatError, InvalidInputError
-from ..flow.observables import OBSERVABLE_METHOD, area_masses
+from ..flow.observables import OBSERVABLE_METHOD
 from ..flow.phase_times import PHASE_NAMES, Phases, local_mask, phases
 from ..flow.solution import Solution
 from ..flow.solver import default_times, solve
@@ -151,13 +151,14 @@ class ImageFlow:
             image_height=("cluster", np.array([im.shape[0] for im in self.images])),
             image_width=("cluster", np.array([im.shape[1] for im in self.images])),
             labels=(("cluster", "grid_row", "grid_col"), np.stack([self.labels(k) for k in range(K)])),
-            distractor_classes=(("time", "cluster", "class"), self.ph.distractor[:, :, rep]),
+            distractor_classes=(("phase_time", "cluster", "class"), self.ph.distractor[:, :, rep]),
+            target_classes=(("phase_time", "cluster", "class"), self.ph.target[:, :, rep]),
             query=("cluster", self.query),
             moment_time=(("cluster", "moment"), self.moment_times),
             query_attention=(("cluster", "moment", "query"), self.query_attention),
             **{f"{n}_classes": (("cluster", "class"), getattr(self.ph, n)[:, rep]) for n in PHASE_NAMES},
         )
-        ds = ds.assign_coords(moment=list(MOMENTS))
+        ds = ds.assign_coords(moment=list(MOMENTS), phase_time=self.ph.t)    # the traces' own times
         for name in ds.data_vars:           # the states dominate (~40 MB for 16 images): compress what packs
             if ds[name].dtype.kind in "iuf":
                 ds[name].encoding.update(zlib=True, complevel=4)
@@ -173,9 +174,9 @@ class ImageFlow:
     @classmethod
     def load(cls, path) -> "ImageFlow":
         from ..flow.solution import FORMAT_VERSION as SOLUTION_FORMAT
-        needed = ("A_classes", "B_classes", "B_self", "class_of", "loss", "target_attention_classes", "image_name",
-                  "image", "image_height", "image_width", "labels", "distractor_classes", "query", "moment_time",
-                  "query_attention", "T1_classes", "T2_classes", "T3_classes")
+        needed = ("A_classes", "B_classes", "B_self", "class_of", "loss", "image_name",
+                  "image", "image_height", "image_width", "labels", "distractor_classes", "target_classes", "query",
+                  "moment_time", "query_attention", "T1_classes", "T2_classes", "T3_classes")
         ds = read_dataset(path, "image_flow", (SOLUTION_FORMAT,), variables=needed,
                           attrs=("model", "method", "status", "message", "nfev", "wall_time", "resolution", "eps"))
         source = str(path)
@@ -191,11 +192,10 @@ class ImageFlow:
                 raise FileFormatError(f"{source}: label map {k} differs from the model's areas")
         images = [ds["image"].values[k, :int(ds["image_height"][k]), :int(ds["image_width"][k])] for k in range(K)]
         c = sol.reduction.class_of
-        target = sol.target_attention
-        ph = Phases(t=sol.t, T1=ds["T1_classes"].values[:, c], T2=ds["T2_classes"].values[:, c],
+        ph = Phases(t=ds["phase_time"].values, T1=ds["T1_classes"].values[:, c], T2=ds["T2_classes"].values[:, c],
                     T3=ds["T3_classes"].values[:, c], is_local=local_mask(model), ceiling=model.ceiling(),
-                    target=target, distractor=ds["distractor_classes"].values[:, :, c], eps=float(ds.attrs["eps"]),
-                    model=model)
+                    target=ds["target_classes"].values[:, :, c], distractor=ds["distractor_classes"].values[:, :, c],
+                    eps=float(ds.attrs["eps"]), model=model)
         settings = {key[len("setting_"):]: value.item() if isinstance(value, np.generic) else value
                     for key, value in ds.attrs.items() if key.startswith("setting_")}
         return cls(sol, names, images, settings, ph, ds["query"].values.astype(np.int64), ds["moment_time"].values,
@@ -268,7 +268,6 @@ def image_flow(images, grid=(14, 14), n_areas: int = 8, t_max: float | None = No
     sol = solve(model, t_max, method=method, integrator=integrator,
                 t_eval=default_times(t_max, per_decade=20, decades=4))
     ph = phases(sol)
-    area_masses(sol)                # measured by phases and kept: the Solution's target reuses it
     q = np.full(model.n_clusters, p)
     times, maps = query_views(sol, ph, q)
     settings = {"segmentation": segmentation, "seed": int(seed), "min_area": int(min_area),

@@ -15,6 +15,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm
 
 from ..analysis.image_flows import MOMENTS, ImageFlow
+from ..flow.observables import target_fraction
 from ..model.images import area_boundaries
 from .style import (
     PALETTE,
@@ -149,8 +150,9 @@ def _row(fig, axes, flow: ImageFlow, k: int, first_row: bool) -> dict:
         plain_log_ticks(cbar.ax.yaxis)
 
     ax = axes[6]
-    frac = flow.solution.target_fraction[:, k, :]          # (T, P) own-area attention / ceiling
-    t = flow.solution.t
+    # (T, P) own-area attention / ceiling, along the traces the phase times were read from
+    frac = target_fraction(flow.ph.target[:, k, :], flow.ph.ceiling[k][None])
+    t = flow.ph.t
     curves = {}
     for j in range(int(labels.max()) + 1):
         pos = np.flatnonzero(labels.ravel() == j)

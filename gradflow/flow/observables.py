@@ -84,6 +84,38 @@ def area_masses(result) -> AreaMasses:
     return out
 
 
+# above this many state numbers a Solution's phases are read from its step ends by default (the
+# size from which ``solve`` integrates with an explicit Runge-Kutta method, "auto")
+STEP_TRACES_MIN_STATE = 2000
+
+
+def phase_traces(result, traces: str = "auto") -> tuple[np.ndarray, AreaMasses]:
+    """(times, AreaMasses) the phase times are read from.
+
+    ``traces="outputs"``: the attention at the output times (``area_masses``: one exact pass per
+    output time). ``"steps"``: a Solution's attention at every step end, which its exact gradient
+    pass computed for free (``step_masses``; explicit Runge-Kutta methods evaluate the velocity at
+    each step end). ``"auto"`` (default): the step ends for states of more than
+    STEP_TRACES_MIN_STATE numbers when the solution has them, where measuring at every output
+    time would cost more than the flow; else the output times. Both read the crossings by linear
+    interpolation between samples (step ends are 30-50 per decade where the flow moves, output
+    times 20 per decade): the two agree to ~0.3%; the output times are the same for any
+    labelling of the model, the step ends only to that accuracy.
+    """
+    if traces not in ("auto", "outputs", "steps"):
+        from ..errors import InvalidInputError
+        raise InvalidInputError(f"traces must be one of ['auto', 'outputs', 'steps'], got {traces!r}")
+    steps = getattr(result, "step_masses", None)
+    if traces == "steps" and steps is None:
+        from ..errors import InvalidInputError
+        raise InvalidInputError("traces='steps' needs a Solution whose exact gradient pass recorded the attention at "
+                                "its step ends (an exact flow integrated by RK45, RK23 or DOP853)")
+    if steps is not None and (traces == "steps" or (traces == "auto" and result.states.flat().shape[-1]
+                                                      > STEP_TRACES_MIN_STATE)):
+        return np.asarray(result.step_t, dtype=np.float64), steps
+    return np.asarray(result.t, dtype=np.float64), area_masses(result)
+
+
 def target_fraction(target: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
     """target / ceiling, NaN for queries whose area is a single patch (ceiling 0: no target)."""
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -17,7 +17,7 @@ from .._validate import real
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.population import attention_by_class, mass_by_area
-from .observables import OBSERVABLE_METHOD, area_masses, own_area, target_fraction
+from .observables import OBSERVABLE_METHOD, own_area, phase_traces, target_fraction
 
 PHASE_NAMES = ("T1", "T2", "T3")
 
@@ -123,7 +123,7 @@ def _distractor(by_area: np.ndarray, distractor_areas: np.ndarray) -> np.ndarray
     return np.where(has_other, np.sum(np.where(distractor_areas, by_area, 0.0), axis=-1), np.nan)
 
 
-def phases(result, eps: float = 0.05) -> Phases:
+def phases(result, eps: float = 0.05, traces: str = "auto") -> Phases:
     """Phase times T1, T2, T3 of a ``Solution`` or a ``TrainRun`` (docs/model.md section 5).
 
     Parameters
@@ -131,13 +131,15 @@ def phases(result, eps: float = 0.05) -> Phases:
     result : Solution or TrainRun
     eps : float
         T3 is when the target mass reaches (1 - eps) of its ceiling.
+    traces : {"auto", "outputs", "steps"}
+        Where the attention traces are sampled: the output times, or a large exact flow's step
+        ends (free; ``observables.phase_traces`` says which "auto" takes).
     """
     eps = real("eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
     model = result.model
-    by_area, _, reduction = area_masses(result)
+    t, (by_area, _, reduction) = phase_traces(result, traces)
     c = reduction.class_of
     K, S = reduction.n_clusters, reduction.n_classes
-    t = np.asarray(result.t, dtype=np.float64)
     rep = reduction.representative()
     distractor_areas = largest_other_areas(model)[:, rep]               # (K, S, N)
     ceiling = model.ceiling()

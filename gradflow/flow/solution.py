@@ -20,6 +20,7 @@ from ..theory.reduction import position_reduction, signature_reduction
 from ..theory.state import State
 from .observables import (
     OBSERVABLE_METHOD,
+    AreaMasses,
     own_area,
     target_attention_along,
     target_fraction,
@@ -52,6 +53,10 @@ class Solution:
     nfev : evaluations of the gradient; ``wall_time`` seconds spent in ``solve``.
     step_t, step_loss : the integrator's step ends and the loss there where the gradient pass
         computed it (NaN elsewhere): the flow's own record of its monotone descent.
+    step_masses : AreaMasses at every step end, or None: the exact attention by area that an
+        exact flow's gradient pass computes with the gradient (explicit Runge-Kutta methods
+        evaluate it at each step end). Phase times are read from it when present: it is exact,
+        free, and denser than the output times where the flow moves fastest.
     """
 
     t: np.ndarray
@@ -69,6 +74,7 @@ class Solution:
     integrator: str = ""
     step_t: np.ndarray | None = field(default=None, repr=False)
     step_loss: np.ndarray | None = field(default=None, repr=False)
+    step_masses: AreaMasses | None = field(default=None, repr=False)
 
     # ---- the trajectory ---------------------------------------------------------------------
     @property
@@ -114,14 +120,15 @@ class Solution:
     def dense_range(self) -> tuple[float, float]:
         """Times ``at`` can evaluate: [0, t_max] after a solve, the stored span after a load."""
         if self._dense is None:
-            raise InvalidInputError("this solution has no dense output (it holds a single time)")
+            raise InvalidInputError(f"this solution holds a single time (t = {self.t[0]:g}): it has no dense output")
         lo = getattr(self._dense, "t_min", None)
         lo = float(self._dense.x[0]) if lo is None else float(lo)
         return lo, float(self.t[-1])
 
     def at(self, t: float) -> State:
-        """The state at any time in ``dense_range()`` from the integrator's dense output (a cubic
-        Hermite interpolant of the stored states for a loaded solution)."""
+        """The state at any time in ``dense_range()``: the integrator's dense output, or cubic
+        Hermite splines through the stored states (after loading, or when the dense output was
+        too large to keep: ``stepping.DENSE_OUTPUT_LIMIT``)."""
         lo, hi = self.dense_range()
         try:
             t = float(t)
@@ -206,12 +213,19 @@ class Solution:
             "B_self": (("time", "class"), self.B_self),
             "class_of": ("query", reduction.class_of),
             "loss": ("time", self.loss),
-            "target_attention_classes": (("time", "cluster", "class"), self.target_attention_classes),
             "feature_cluster": ("feature", np.array([k for k, _ in m.features])),
             "feature_area": ("feature", np.array([j for _, j in m.features])),
         }
         coords = {"time": self.t, "cluster": np.arange(m.n_clusters), "feature": np.arange(m.n_features),
                   "query": np.arange(m.n_patches)}
+        if self._target_classes is not None or per_position:      # kept when computed, else left to the reader
+            data["target_attention_classes"] = (("time", "cluster", "class"), self.target_attention_classes)
+        if self.step_t is not None:
+            data["step_loss"] = ("step", self.step_loss)
+            coords["step"] = self.step_t
+        if self.step_masses is not None:
+            data["step_unmasked_by_area"] = (("step", "cluster", "class", "area"), self.step_masses.by_area)
+            data["step_masked"] = (("step", "cluster", "class"), self.step_masses.masked)
         if per_position:
             data["target_attention"] = (("time", "cluster", "query"), self.target_attention)
             data["A"] = (("time", "query", "feature"), self.A)
@@ -227,8 +241,9 @@ class Solution:
         ds["A_classes"].attrs["long_name"] = "feature-position correlation e_p^T Q v_f per class"
         ds["B_classes"].attrs["long_name"] = "position-position correlation e_p^T Q e_q (p != q) per class pair"
         ds["B_self"].attrs["long_name"] = "self correlation e_p^T Q e_p of a class"
-        ds["target_attention_classes"].attrs["long_name"] = (
-            "expected attention of a masked query on unmasked keys of its own area, per class")
+        if "target_attention_classes" in ds:
+            ds["target_attention_classes"].attrs["long_name"] = (
+                "expected attention of a masked query on unmasked keys of its own area, per class")
         ds["time"].attrs["long_name"] = "gradient-flow time"
         return ds
 
@@ -246,8 +261,6 @@ class Solution:
 
     @classmethod
     def from_xarray(cls, ds: xr.Dataset, source: str = "dataset") -> "Solution":
-        from scipy.interpolate import CubicHermiteSpline
-
         model = DataModel.from_json(ds.attrs["model"], source)
         reduction = signature_reduction(model) if ds.attrs["resolution"] == "signature" else position_reduction(model)
         if not np.array_equal(reduction.class_of, ds["class_of"].values):
@@ -255,14 +268,37 @@ class Solution:
         method = str(ds.attrs["method"])
         t = ds["time"].values
         states = State(reduction, ds["A_classes"].values, ds["B_classes"].values, ds["B_self"].values)
-        velocities = np.stack([-loss_and_gradient(states[i], method)[1].flat() for i in range(t.size)])
-        dense = CubicHermiteSpline(t, states.flat(), velocities, axis=0) if t.size > 1 else None
+        dense = StoredStatesInterpolant(t, states, method) if t.size > 1 else None
         target_name = "target_attention_classes" if "target_attention_classes" in ds else "area_attention_classes"
+        step_t = ds["step"].values if "step" in ds.coords else None
+        step_masses = None
+        if "step_unmasked_by_area" in ds:
+            step_masses = AreaMasses(ds["step_unmasked_by_area"].values, ds["step_masked"].values, reduction)
         return cls(t=t, states=states, model=model, method=method, status=int(ds.attrs["status"]),
                    message=str(ds.attrs["message"]), nfev=int(ds.attrs["nfev"]),
                    wall_time=float(ds.attrs["wall_time"]), _dense=dense, _loss=ds["loss"].values,
                    integrator=str(ds.attrs.get("integrator", "")),
-                   _target_classes=ds[target_name].values if target_name in ds else None)
+                   _target_classes=ds[target_name].values if target_name in ds else None, step_t=step_t,
+                   step_loss=ds["step_loss"].values if "step_loss" in ds else None, step_masses=step_masses)
+
+
+class StoredStatesInterpolant:
+    """A loaded solution's dense output: cubic Hermite splines through the stored states whose
+    slopes are the flow's velocities there, computed on the first call (one gradient per stored
+    time), not on loading."""
+
+    def __init__(self, t: np.ndarray, states: State, method: str):
+        self.t, self.states, self.method = t, states, method
+        self.t_min = float(t[0])
+        self._spline = None
+
+    def __call__(self, t):
+        if self._spline is None:
+            from scipy.interpolate import CubicHermiteSpline
+            velocities = np.stack([-loss_and_gradient(self.states[i], self.method)[1].flat()
+                                   for i in range(self.t.size)])
+            self._spline = CubicHermiteSpline(self.t, self.states.flat(), velocities, axis=0)
+        return self._spline(t)
 
 
 class PerPosition:

@@ -18,10 +18,11 @@ from .._validate import choice, instance, positive_int, positive_real, real
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.jacobian import meanfield_jacobian
-from ..theory.population import check_method, loss_and_gradient, loss_rate
+from ..theory.population import check_method, loss_gradient_and_masses, loss_rate
 from ..theory.reduction import signature_reduction
 from ..theory.state import State
-from .solution import Solution
+from .observables import AreaMasses
+from .solution import Solution, StoredStatesInterpolant
 from .stepping import Budget, Convergence, FlowField, Progress, step
 
 SOLVERS = {"RK45": RK45, "RK23": RK23, "DOP853": DOP853, "Radau": Radau, "BDF": BDF, "LSODA": LSODA}
@@ -98,11 +99,12 @@ def _jacobian_function(reduction, method, solver_class, jacobian):
 
 
 def _evaluator(reduction, method, client):
-    """state -> (loss, gradient State): here, or sharded over the workers of a Dask client."""
+    """state -> (loss, gradient State, masses): here, or sharded over the workers of a Dask
+    client (masses: the attention by area of an exact pass, else None)."""
     if client is None:
-        return lambda state: loss_and_gradient(state, method)
+        return lambda state: loss_gradient_and_masses(state, method)
     from ..theory.distributed import ShardedPopulation
-    return ShardedPopulation(client, reduction, method).loss_and_gradient
+    return ShardedPopulation(client, reduction, method).loss_gradient_and_masses
 
 
 def _known_losses(t_out, run) -> np.ndarray:
@@ -113,6 +115,16 @@ def _known_losses(t_out, run) -> np.ndarray:
     for i, t in enumerate(t_out):
         out[i] = where.get(float(t), np.nan)
     return out
+
+
+def _step_masses(run, reduction) -> AreaMasses | None:
+    """The attention by area at every step end, when the exact gradient pass gave it at each of
+    them (RK45, RK23, DOP853 evaluate the velocity at their step ends; LSODA and the implicit
+    methods do not), else None."""
+    if len(run.step_masses) < 2 or any(m is None for m in run.step_masses):
+        return None
+    return AreaMasses(np.stack([m[0] for m in run.step_masses]), np.stack([m[1] for m in run.step_masses]),
+                      reduction)
 
 
 def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact", integrator: str = "auto",
@@ -192,7 +204,8 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     rtol = (RTOL_SMALL if n <= AUTO_LSODA_MAX else RTOL_LARGE) if rtol is None else positive_real("rtol", rtol)
     jac = _jacobian_function(reduction, method, solver_class, jacobian)
     field = FlowField(_evaluator(reduction, method, client), lambda y: State.from_flat(reduction, y), loss_rate)
-    field.first = loss0, rate0 = field.measure(y0.flat())
+    field.first = field.measure(y0.flat())
+    loss0, rate0, _ = field.first
     convergence = None
     if t_max is None:
         if rate0 == 0.0:                  # nothing moves: Q = 0 is already stationary
@@ -227,8 +240,12 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     ys = np.stack([run.outputs[float(t)] for t in t_out])
     if run.status < 0:
         warnings.warn(f"gradflow.solve: {run.message}", RuntimeWarning, stacklevel=2)
-    return Solution(t=t_out, states=State.from_flat(reduction, ys), model=model, method=method,
+    states = State.from_flat(reduction, ys)
+    dense = run.dense
+    if dense is None and t_out.size > 1:     # too large to keep: Hermite splines through the outputs
+        dense = StoredStatesInterpolant(t_out, states, method)
+    return Solution(t=t_out, states=states, model=model, method=method,
                     status=run.status, message=run.message, nfev=field.nfev + 1 + len(run.checks),
-                    wall_time=time.perf_counter() - start, _dense=run.dense, _loss=_known_losses(t_out, run),
+                    wall_time=time.perf_counter() - start, _dense=dense, _loss=_known_losses(t_out, run),
                     converged=run.converged, integrator=solver_class.__name__, step_t=run.step_t,
-                    step_loss=run.step_loss)
+                    step_loss=run.step_loss, step_masses=_step_masses(run, reduction))

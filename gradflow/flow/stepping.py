@@ -25,7 +25,8 @@ DENSE_OUTPUT_LIMIT = 25_000_000     # numbers of dense output kept for ``Solutio
 class FlowField:
     """dy/dt = -grad L(y) for a SciPy solver, remembering the loss of each evaluation.
 
-    ``evaluate(y) -> (loss, gradient State)``; ``rate(gradient) -> dL/dt``.
+    ``evaluate(state) -> (loss, gradient State, masses)``, masses the attention by area the exact
+    gradient pass computes with it (or None); ``rate(gradient) -> dL/dt``.
     """
 
     def __init__(self, evaluate, state_from_flat, rate):
@@ -33,31 +34,29 @@ class FlowField:
         self.state_from_flat = state_from_flat
         self.rate = rate
         self.nfev = 0
-        self.recent = []            # (t, y, loss, dL/dt) since the last accepted step
-        self.first = None           # (loss, dL/dt) at the first evaluation (t = 0)
+        self.recent = []            # (t, y, loss, dL/dt, masses) since the last accepted step
+        self.first = None           # (loss, dL/dt, masses) at t = 0
 
     def __call__(self, t, y):
-        loss, grad = self.evaluate(self.state_from_flat(y))
+        loss, grad, masses = self.evaluate(self.state_from_flat(y))
         self.nfev += 1
         rate = self.rate(grad)
-        self.recent.append((t, y, loss, rate))
-        if self.first is None:
-            self.first = (loss, rate)
+        self.recent.append((t, y, loss, rate, masses))
         return -grad.flat()
 
     def at_step_end(self, t, y):
-        """(loss, dL/dt) if the solver evaluated the velocity exactly at its new step end."""
+        """(loss, dL/dt, masses) if the solver evaluated the velocity exactly at its new step end."""
         found = None
-        for tt, yy, loss, rate in self.recent:
+        for tt, yy, loss, rate, masses in self.recent:
             if tt == t and (yy is y or np.array_equal(yy, y)):
-                found = (loss, rate)
+                found = (loss, rate, masses)
         self.recent = []
         return found
 
     def measure(self, y):
-        """(loss, dL/dt) at a state, for a convergence check (counted apart from nfev)."""
-        loss, grad = self.evaluate(self.state_from_flat(y))
-        return loss, self.rate(grad)
+        """(loss, dL/dt, masses) at a state (counted apart from nfev)."""
+        loss, grad, masses = self.evaluate(self.state_from_flat(y))
+        return loss, self.rate(grad), masses
 
 
 @dataclass
@@ -167,6 +166,7 @@ class Run:
     step_t: np.ndarray           # accepted step ends, 0 first
     step_loss: np.ndarray        # loss there (NaN where the integrator did not evaluate it)
     step_rate: np.ndarray        # dL/dt there
+    step_masses: list            # attention by area there (None where not evaluated, or not exact)
     dense: object                # OdeSolution over [0, t_end], or None when too large to keep
     checks: list                 # convergence checkpoints (t, t |dL/dt| / L)
 
@@ -178,12 +178,12 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
     outputs = {}
     if candidates.size and candidates[0] == 0.0:
         outputs[0.0] = y0.copy()
-    step_t, step_loss, step_rate = [0.0], [np.nan], [np.nan]
+    step_t, step_loss, step_rate, step_masses = [0.0], [np.nan], [np.nan], [None]
     pieces, times, keep_dense = [], [0.0], True
     next_out = int(np.searchsorted(candidates, 0.0, side="right"))
     status, message, converged = 0, "reached t_max", None if convergence is None else False
     if field.first is not None:
-        step_loss[0], step_rate[0] = field.first
+        step_loss[0], step_rate[0], step_masses[0] = field.first
     while solver.status == "running":
         step_message = solver.step()
         if solver.status == "failed":
@@ -195,6 +195,7 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
         step_t.append(t)
         step_loss.append(np.nan if end is None else end[0])
         step_rate.append(np.nan if end is None else end[1])
+        step_masses.append(None if end is None else end[2])
         while next_out < candidates.size and candidates[next_out] <= t:
             outputs[float(candidates[next_out])] = piece(candidates[next_out])
             next_out += 1
@@ -208,7 +209,7 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
         if convergence is not None:
             while convergence.due(t):
                 tc = convergence.next_t
-                loss, rate = field.measure(piece(tc))
+                loss, rate, _ = field.measure(piece(tc))
                 if convergence.record(tc, loss, rate):
                     converged, message = True, convergence.message()
                     break
@@ -228,4 +229,4 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
         message = f"not converged by t={t_end:g} (the cap of a run without t_max)"
     dense = OdeSolution(times, pieces) if keep_dense and pieces else None
     return Run(t_end, status, message, converged, outputs, np.array(step_t), np.array(step_loss),
-               np.array(step_rate), dense, convergence.checks if convergence is not None else [])
+               np.array(step_rate), step_masses, dense, convergence.checks if convergence is not None else [])

@@ -14,7 +14,7 @@ import math
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def exact_key_factors(ta, tb, g, log_g, log_1mg):
     """Exact per-key factors: one key masked w.p. g (weight beta) or not (weight alpha)."""
     # stable primitives (hand-written): phi = g e^{-tb} + (1-g) e^{-ta} in log space
@@ -47,7 +47,7 @@ def exact_key_factors(ta, tb, g, log_g, log_1mg):
     return L, M, V, Qm, dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def exact_key_moments(ta, tb, u, w, g):
     """Exact tilted moments of one key: (M, V, Qm) from its tilted probabilities u, w = 1 - u."""
     M = ta*u
@@ -56,7 +56,7 @@ def exact_key_moments(ta, tb, u, w, g):
     return M, V, Qm
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def exact_key_derivatives(ta, tb, u, w, g):
     """Exact derivatives of (log phi, M, V) along log alpha and log beta."""
     _x0 = ta*u
@@ -72,7 +72,7 @@ def exact_key_derivatives(ta, tb, u, w, g):
     return dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def meanfield_key_moments(ta, tb, u, w, g):
     """Mean-field moments of one key: its count replaced by its mean (u, w unused)."""
     M = -ta*(g - 1)
@@ -81,7 +81,7 @@ def meanfield_key_moments(ta, tb, u, w, g):
     return M, V, Qm
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def meanfield_key_derivatives(ta, tb, u, w, g):
     """Mean-field derivatives of (log phi, M, V) along log alpha and log beta (u, w unused)."""
     _x0 = ta*(g - 1)
@@ -94,7 +94,7 @@ def meanfield_key_derivatives(ta, tb, u, w, g):
     return dL_a, dL_b, dM_a, dM_b, dV_a, dV_b
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def meanfield_query_terms(z0, a0, S2):
     """Mean-field query loss for fixed amplitudes, D dl/dD and D dl/dN_own, in shares a_j = N_j/D."""
     _x0 = -a0*z0
@@ -104,7 +104,7 @@ def meanfield_query_terms(z0, a0, S2):
     return loss, D_dD, D_dN_own
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def meanfield_other_share_grad(aj):
     """D dl/dN_j for an area j other than the query's own."""
     D_dN_other = aj

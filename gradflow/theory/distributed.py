@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
-from .population import check_method, loss, loss_and_gradient
+from .population import check_method, loss, loss_gradient_and_masses
 from .reduction import Reduction
 from .state import State
 
@@ -28,9 +28,9 @@ def _shard_loss_and_gradient(reduction, method, A, B, B_self, clusters, want_gra
     """One worker's partial sum over its clusters (runs on the worker)."""
     state = State(reduction, A, B, B_self)
     if not want_gradient:
-        return loss(state, method, clusters), None
-    value, grad = loss_and_gradient(state, method, clusters)
-    return value, (grad.A_classes, grad.B_classes, grad.B_self)
+        return loss(state, method, clusters), None, None
+    value, grad, masses = loss_gradient_and_masses(state, method, clusters)
+    return value, (grad.A_classes, grad.B_classes, grad.B_self), masses
 
 
 class ShardedPopulation:
@@ -53,7 +53,10 @@ class ShardedPopulation:
         n = min(reduction.n_clusters, shards or n_workers)
         self.shards = [np.ascontiguousarray(c, dtype=np.int64)
                        for c in np.array_split(np.arange(reduction.n_clusters), n) if c.size]
-        self._reduction_future = client.scatter(reduction, broadcast=True)
+        # a key of its own (hash=False): with content-hashed keys, a second sharding of the same
+        # model shares the first one's data, which the scheduler drops when the first is released
+        # ("lost dependencies")
+        self._reduction_future = client.scatter(reduction, broadcast=True, hash=False)
 
     def _evaluate(self, state: State, want_gradient: bool):
         futures = [self.client.submit(_shard_loss_and_gradient, self._reduction_future, self.method,
@@ -66,9 +69,18 @@ class ShardedPopulation:
         return float(sum(part[0] for part in self._evaluate(state, False)))
 
     def loss_and_gradient(self, state: State) -> tuple[float, State]:
+        value, gradient, _ = self.loss_gradient_and_masses(state)
+        return value, gradient
+
+    def loss_gradient_and_masses(self, state: State):
+        """As ``population.loss_gradient_and_masses``: each worker's shard of clusters fills its
+        own rows of the attention by area, so the parts add up."""
         parts = self._evaluate(state, True)
         value = sum(p[0] for p in parts)
         gA = sum(p[1][0] for p in parts)
         gB = sum(p[1][1] for p in parts)
         gS = sum(p[1][2] for p in parts)
-        return float(value), State(self.reduction, gA, gB, gS)
+        masses = None
+        if parts[0][2] is not None:
+            masses = (sum(p[2][0] for p in parts), sum(p[2][1] for p in parts))
+        return float(value), State(self.reduction, gA, gB, gS), masses

@@ -41,6 +41,7 @@ from ._generated import (
     meanfield_query_terms,
 )
 from .quadrature import G_STOP, T_CAP, grid, node
+from .vector_math import exp_nonpositive
 
 EXACT = 0
 MEANFIELD = 1
@@ -52,20 +53,28 @@ EXACT_RUNTIME = np.int64(EXACT)
 
 
 class QueryKeys(NamedTuple):
-    """The keys one masked query sees, contiguous in area order (built once per query).
+    """The (atom, key) pairs one masked query sees, flat and padded (built once per query).
 
-    Only key classes with m' > 0 appear; keys of area j of the query's cluster are
-    ``bounds[j]`` .. ``bounds[j + 1] - 1``. Linear weights are 0 where e^{log weight} is not
-    safely finite, which sends ``_scaled`` to its log-space branch.
+    A *segment* is one (area j, atom a) of the query's cluster; its pairs are the keys of area j
+    with atom a's weights: first the keys seen once (m' = 1), padded with neutral pairs to a
+    multiple of ``LANES`` (weights 0: they add exactly nothing to any sum, and loops over whole
+    blocks vectorise without remainder), then the keys of larger classes (m' > 1). Segments of
+    area j are ``area_seg[j]`` .. ``area_seg[j + 1] - 1``, one per atom in order. Only key classes
+    with m' > 0 appear. Linear weights are 0 where e^{log weight} is not safely finite, which sends
+    ``_scaled`` to its log-space branch; ``linear`` says that no weight needs it.
     """
 
-    key_class: np.ndarray    # (R,) int64: the class r of key i
-    key_m: np.ndarray        # (R,) m'_r
-    log_beta: np.ndarray     # (R,) masked log weight B[s, r]
-    beta: np.ndarray         # (R,)
-    log_alpha: np.ndarray    # (Amax, R) unmasked log weight B[s, r] + z_a A[s, f(r)], per atom
-    alpha: np.ndarray        # (Amax, R)
-    bounds: np.ndarray       # (N + 1,) int64
+    pair_class: np.ndarray   # (NP,) int64: the class r of the pair's key; -1 for padding
+    pair_m: np.ndarray       # (NP,) m'_r (1 for padding)
+    pair_z: np.ndarray       # (NP,) amplitude z_a of the pair's atom
+    log_alpha: np.ndarray    # (NP,) unmasked log weight B[s, r] + z_a A[s, f(r)] (-inf for padding)
+    alpha: np.ndarray        # (NP,)
+    log_beta: np.ndarray     # (NP,) masked log weight B[s, r] (-inf for padding)
+    beta: np.ndarray         # (NP,)
+    seg_start: np.ndarray    # (NS + 1,) int64: pairs of segment q are seg_start[q] .. seg_start[q + 1] - 1
+    seg_multi: np.ndarray    # (NS,) int64: of those, seg_multi[q] .. are the keys with m' > 1
+    area_seg: np.ndarray     # (N + 1,) int64
+    linear: bool             # every weight safely finite in linear form
 
 
 class AreaTerms(NamedTuple):
@@ -81,12 +90,16 @@ class AreaTerms(NamedTuple):
 
 
 # ---- scalar helpers ---------------------------------------------------------------------------
-# what the kernels store per (key class, atom) at a node, for the gradient and attention passes
-TA, TB, U, W = 0, 1, 2, 3
-N_STORED = 4
+# what the kernels keep per pair at a node (rows of ``stored``), for the sums and the gradient
+# and attention passes
+TA, TB, U, W, PSI, SHIFT = 0, 1, 2, 3, 4, 5
+N_STORED = 6
+LANES = 8           # pairs per vector block (AVX-512 holds 8 doubles)
+# LLVM may reorder the sums of the pair loops (and fuse multiply-adds) so as to vectorise them
+VECTOR_FLAGS = {"reassoc", "contract"}
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def key_primitives(method, ta, tb, gamma, one_minus_gamma):
     """(shift, psi, u, w) of one key with log phi = psi_log = -shift + log psi.
 
@@ -109,7 +122,7 @@ def key_primitives(method, ta, tb, gamma, one_minus_gamma):
     return tb, psi, one_minus_gamma * e * inv, gamma * inv
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def key_moments(method, ta, tb, u, w, gamma):
     """(M, V, Qm): the key's tilted unmasked mean, variance and masked mass (SymPy's)."""
     if method == MEANFIELD:
@@ -117,7 +130,7 @@ def key_moments(method, ta, tb, u, w, gamma):
     return exact_key_moments(ta, tb, u, w, gamma)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def key_derivatives(method, ta, tb, u, w, gamma):
     """(dL_a, dL_b, dM_a, dM_b, dV_a, dV_b) along log alpha and log beta (SymPy's)."""
     if method == MEANFIELD:
@@ -125,7 +138,7 @@ def key_derivatives(method, ta, tb, u, w, gamma):
     return exact_key_derivatives(ta, tb, u, w, gamma)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def logaddexp(a, b):
     if a == -np.inf:
         return b
@@ -136,13 +149,13 @@ def logaddexp(a, b):
     return b + math.log1p(math.exp(a - b))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _linear(log_w):
     """e^{log_w} where it is safely finite, else 0 (a flag for _scaled to stay in logs)."""
     return math.exp(log_w) if -600.0 < log_w < 600.0 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _scaled(t, sigma, log_w, lin):
     """t * e^{log_w}, capped: a product when both factors are safely finite (saves an exp)."""
     if lin > 0.0 and -600.0 < sigma < 600.0:
@@ -150,175 +163,321 @@ def _scaled(t, sigma, log_w, lin):
     return min(math.exp(sigma + log_w), T_CAP)
 
 
-# ---- one query: weights, grid, per-area sums --------------------------------------------------
-@njit(cache=True, inline="always")
+# ---- one query: its pairs, grid, per-area sums --------------------------------------------------
+@njit(cache=True, error_model="numpy")
 def query_keys(reduction, A, B, B_self, s, k):
-    """The keys of query class s in cluster k in area order, and the bounds of D.
+    """The (atom, key) pairs of query class s in cluster k (``QueryKeys``) and the bounds of D.
 
     Returns (QueryKeys, log c, log D_min, log D_max): the bounds of D over all masks and atoms
     set the t-grid of the integrals.
     """
     S = reduction.other_keys.shape[0]
-    amax = reduction.atom_z.shape[1]
     first, stop = reduction.feature_start[k], reduction.feature_stop[k]
-    R = 0
-    for r in range(S):
-        if reduction.other_keys[s, r] > 0.0:
-            R += 1
-    keys = QueryKeys(np.empty(R, np.int64), np.empty(R), np.empty(R), np.empty(R), np.zeros((amax, R)),
-                     np.zeros((amax, R)), np.empty(stop - first + 1, np.int64))
+    n_areas = stop - first
+    # sizes: per area the keys seen once (padded) and the others, times the area's atoms
+    n_pairs = 0
+    n_segments = 0
+    for f in range(first, stop):
+        ones = 0
+        multi = 0
+        for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+            m = reduction.other_keys[s, reduction.keys_by_area[k, ii]]
+            if m == 1.0:
+                ones += 1
+            elif m > 0.0:
+                multi += 1
+        n_pairs += reduction.n_atoms[f] * ((ones + LANES - 1) // LANES * LANES + multi)
+        n_segments += reduction.n_atoms[f]
+    # padding pairs: no class, m' = 1, weights 0 (ta = tb = 0: psi = 1 and every moment 0)
+    pair_class = np.full(n_pairs, -1, np.int64)
+    pair_m = np.ones(n_pairs)
+    pair_z = np.ones(n_pairs)
+    log_alpha = np.full(n_pairs, -np.inf)
+    alpha = np.zeros(n_pairs)
+    log_beta = np.full(n_pairs, -np.inf)
+    beta = np.zeros(n_pairs)
+    seg_start = np.empty(n_segments + 1, np.int64)
+    seg_multi = np.empty(n_segments, np.int64)
+    area_seg = np.empty(n_areas + 1, np.int64)
     log_c = B_self[s]
     lo = log_c                  # log D_min, log D_max: in logs (always safe) ...
     hi = log_c
     d_min = 0.0                 # ... and in linear form while every weight is safely finite
     d_max = 0.0
     linear = -600.0 < log_c < 600.0
-    i = 0
+    all_linear = True
+    p = 0
+    q = 0
     for f in range(first, stop):
-        keys.bounds[f - first] = i
+        area_seg[f - first] = q
+        for a in range(reduction.n_atoms[f]):
+            z = reduction.atom_z[f, a]
+            seg_start[q] = p
+            for once in (True, False):
+                if not once:
+                    p = seg_start[q] + (p - seg_start[q] + LANES - 1) // LANES * LANES   # padding
+                    seg_multi[q] = p
+                for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+                    r = reduction.keys_by_area[k, ii]
+                    m = reduction.other_keys[s, r]
+                    if m <= 0.0 or (m == 1.0) != once:
+                        continue
+                    lb = B[s, r]
+                    la = lb + z * A[s, f]
+                    pair_class[p] = r
+                    pair_m[p] = m
+                    pair_z[p] = z
+                    log_beta[p] = lb
+                    beta[p] = _linear(lb)
+                    log_alpha[p] = la
+                    alpha[p] = _linear(la)
+                    if beta[p] == 0.0 or alpha[p] == 0.0:
+                        all_linear = False
+                    p += 1
+            q += 1
+        # D bounds from the keys of the area (each key's smallest and largest weight over atoms)
         for ii in range(reduction.area_start[f], reduction.area_stop[f]):
             r = reduction.keys_by_area[k, ii]
             m = reduction.other_keys[s, r]
             if m <= 0.0:
                 continue
             lb = B[s, r]
-            keys.key_class[i] = r
-            keys.key_m[i] = m
-            keys.log_beta[i] = lb
-            keys.beta[i] = _linear(lb)
-            amin = np.inf
-            amax_r = -np.inf
-            lin_min = keys.beta[i]
-            lin_max = keys.beta[i]
+            amin = lb
+            amax_r = lb
             for a in range(reduction.n_atoms[f]):
                 la = lb + reduction.atom_z[f, a] * A[s, f]
-                keys.log_alpha[a, i] = la
-                keys.alpha[a, i] = _linear(la)
                 amin = min(amin, la)
                 amax_r = max(amax_r, la)
-                lin_min = min(lin_min, keys.alpha[a, i])
-                lin_max = max(lin_max, keys.alpha[a, i])
-            if linear and lin_min > 0.0:                 # every weight of this key safely finite
-                d_min += m * lin_min
-                d_max += m * lin_max
+            if linear and -600.0 < amin and amax_r < 600.0:      # every weight of this key safely finite
+                d_min += m * math.exp(amin)
+                d_max += m * math.exp(amax_r)
             else:
                 if linear:              # switch to logs, carrying the linear sums over
                     lo = logaddexp(lo, math.log(d_min)) if d_min > 0.0 else lo
                     hi = logaddexp(hi, math.log(d_max)) if d_max > 0.0 else hi
                     linear = False
                 lm = math.log(m)
-                lo = logaddexp(lo, lm + min(lb, amin))
-                hi = logaddexp(hi, lm + max(lb, amax_r))
-            i += 1
-    keys.bounds[stop - first] = i
+                lo = logaddexp(lo, lm + amin)
+                hi = logaddexp(hi, lm + amax_r)
+    seg_start[n_segments] = p
+    area_seg[n_areas] = q
+    keys = QueryKeys(pair_class, pair_m, pair_z, log_alpha, alpha, log_beta, beta, seg_start, seg_multi, area_seg,
+                     all_linear)
     if linear:
         c = math.exp(log_c)
         return keys, log_c, math.log(c + d_min), math.log(c + d_max)
     return keys, log_c, lo, hi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def new_area_terms(n_areas, amax):
     return AreaTerms(np.empty(n_areas), np.empty(n_areas), np.empty(n_areas), np.empty((n_areas, amax)),
                      np.empty((n_areas, amax)), np.empty((n_areas, amax)), np.empty((n_areas, amax)))
 
 
-@njit(cache=True, inline="always")
-def area_terms(method, reduction, k, sigma, keys, terms, stored, store):
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS, inline="always")
+def exact_pair_linear(t, alpha, beta, gamma, one_minus_gamma):
+    """(ta, tb, psi, u, w) of one pair, exact method, weights safely finite: log phi =
+    -min(ta, tb) + log psi, as ``key_primitives``, but branch-free and without libm calls so that
+    loops over pairs vectorise."""
+    ta = min(t * alpha, T_CAP)
+    tb = min(t * beta, T_CAP)
+    e = exp_nonpositive(-abs(ta - tb))
+    unmasked_low = ta <= tb
+    part_a = one_minus_gamma * (1.0 if unmasked_low else e)     # (1-gamma) e^{-ta} / e^{-min}
+    part_b = gamma * (e if unmasked_low else 1.0)               # gamma e^{-tb} / e^{-min}
+    psi = part_a + part_b
+    inv = 1.0 / psi
+    return ta, tb, psi, part_a * inv, part_b * inv
+
+
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
+def exact_pairs_linear(t, gamma, alpha, beta, stored):
+    """Every pair's (ta, tb, u, w, psi, shift) at t into ``stored``: exact method, every weight
+    safely finite. One long loop that LLVM vectorises."""
+    one_minus_gamma = 1.0 - gamma
+    ta_row, tb_row, u_row, w_row, psi_row, shift_row = (stored[TA], stored[TB], stored[U], stored[W],
+                                                        stored[PSI], stored[SHIFT])
+    for p in range(alpha.size):
+        ta, tb, psi, u, w = exact_pair_linear(t, alpha[p], beta[p], gamma, one_minus_gamma)
+        ta_row[p] = ta
+        tb_row[p] = tb
+        u_row[p] = u
+        w_row[p] = w
+        psi_row[p] = psi
+        shift_row[p] = min(ta, tb)
+
+
+@njit(cache=True, error_model="numpy")
+def pairs_general(method, t, sigma, gamma, keys, stored):
+    """As ``exact_pairs_linear`` for any method and any weights (logs where need be)."""
+    one_minus_gamma = 1.0 - gamma
+    for p in range(keys.alpha.size):
+        ta = _scaled(t, sigma, keys.log_alpha[p], keys.alpha[p])
+        tb = _scaled(t, sigma, keys.log_beta[p], keys.beta[p])
+        shift, psi, u, w = key_primitives(method, ta, tb, gamma, one_minus_gamma)
+        stored[TA, p] = ta
+        stored[TB, p] = tb
+        stored[U, p] = u
+        stored[W, p] = w
+        stored[PSI, p] = psi
+        stored[SHIFT, p] = shift
+
+
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
+def segment_sums(method, gamma, keys, stored, chunk, sums):
+    """Per segment q: sums[:, q] = (sum m' shift, sum m' log psi, sum m' M, sum m' V, sum m' Qm).
+
+    The psi of keys seen once are multiplied in blocks of LANES, ``chunk`` pairs at a time at most
+    (psi >= min(gamma, 1 - gamma): too few to underflow), with one log per chunk, not one per key."""
+    ta_row, tb_row, u_row, w_row, psi_row, shift_row = (stored[TA], stored[TB], stored[U], stored[W],
+                                                        stored[PSI], stored[SHIFT])
+    blocks_per_log = max(1, chunk // LANES)
+    for q in range(keys.seg_multi.size):
+        s0 = keys.seg_start[q]
+        s1 = keys.seg_multi[q]
+        shift = 0.0
+        log_psi = 0.0
+        mu = 0.0
+        var = 0.0
+        hidden = 0.0
+        n_blocks = (s1 - s0) // LANES
+        if chunk < LANES:            # min(gamma, 1 - gamma) < 1e-35: a log per pair
+            for p in range(s0, s1):
+                log_psi += math.log(psi_row[p])
+            n_blocks_product = 0
+        else:
+            n_blocks_product = n_blocks
+        for c0 in range(0, n_blocks, blocks_per_log):
+            product = 1.0
+            for c in range(c0, min(c0 + blocks_per_log, n_blocks)):
+                b = s0 + LANES * c
+                for lane in range(LANES):
+                    p = b + lane
+                    ta = ta_row[p]
+                    mean, variance, masked = key_moments(method, ta, tb_row[p], u_row[p], w_row[p], gamma)
+                    shift += shift_row[p]
+                    product *= psi_row[p] if c < n_blocks_product else 1.0
+                    mu += mean
+                    var += variance
+                    hidden += masked
+            log_psi += math.log(product)
+        for p in range(s1, keys.seg_start[q + 1]):         # keys of larger classes: few, one log each
+            m = keys.pair_m[p]
+            mean, variance, masked = key_moments(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
+            shift += m * shift_row[p]
+            if psi_row[p] != 1.0:
+                log_psi += m * math.log(psi_row[p])
+            mu += m * mean
+            var += m * variance
+            hidden += m * masked
+        sums[0, q] = shift
+        sums[1, q] = log_psi
+        sums[2, q] = mu
+        sums[3, q] = var
+        sums[4, q] = hidden
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def area_terms(method, reduction, k, sigma, keys, terms, work):
     """Fill ``terms`` at t = e^sigma for every area of cluster k; returns sum_j log Phi_j.
 
-    Per area and atom, log prod_r phi_r^{m'_r} = sum_r m'_r (log psi_r - shift_r): the psi of keys
-    seen once are multiplied (renormalised before they could underflow) and one log is taken per
-    area and atom, not one per key. With ``store`` (ta, tb, u, w) of every (atom, key) are kept in
-    ``stored`` for the gradient and attention passes.
+    Per pair (ta, tb, u, w, psi, shift) go to ``work.stored`` (one vectorised pass when the method
+    is exact and every weight safely finite), per segment their sums to ``work.sums``; per area
+    and atom, log prod_r phi_r^{m'_r} = sum_r m'_r (log psi_r - shift_r); the atoms' posterior
+    comes from one log-sum-exp per area.
     """
-    # locals, not fields: LLVM then keeps the arrays' pointers in registers
     gamma = reduction.mask_ratio
-    one_minus_gamma = 1.0 - gamma
-    atom_z, atom_log_weight, n_atoms = reduction.atom_z, reduction.atom_log_weight, reduction.n_atoms
-    key_m, log_alpha, alpha, log_beta, beta = keys.key_m, keys.log_alpha, keys.alpha, keys.log_beta, keys.beta
-    bounds = keys.bounds
-    t_mu, t2_var, log_post, t_masked = terms.t_mu, terms.t2_var, terms.log_post, terms.t_masked
-    total = 0.0
     t = math.exp(sigma)
+    if keys.linear and method == EXACT:
+        exact_pairs_linear(t, gamma, keys.alpha, keys.beta, work.stored)
+    else:
+        pairs_general(method, t, sigma, gamma, keys, work.stored)
+    sums = work.sums
+    segment_sums(method, gamma, keys, work.stored, work.chunk, sums)
     first = reduction.feature_start[k]
-    for f in range(first, reduction.feature_stop[k]):
-        j = f - first
-        nat = n_atoms[f]
-        lphi = -np.inf
-        for a in range(nat):
-            z = atom_z[f, a]
-            shift = 0.0             # sum_r m'_r shift_r
-            log_psi = 0.0           # sum_r m'_r log psi_r, but for the running product below
-            product = 1.0           # prod of psi_r over keys seen once
-            mu = 0.0
-            var = 0.0
-            hidden = 0.0
-            for i in range(bounds[j], bounds[j + 1]):
-                m = key_m[i]
-                ta = _scaled(t, sigma, log_alpha[a, i], alpha[a, i])
-                tb = _scaled(t, sigma, log_beta[i], beta[i])
-                key_shift, psi, u, w = key_primitives(method, ta, tb, gamma, one_minus_gamma)
-                mean, variance, masked = key_moments(method, ta, tb, u, w, gamma)
-                if store:
-                    stored[a, i, TA] = ta
-                    stored[a, i, TB] = tb
-                    stored[a, i, U] = u
-                    stored[a, i, W] = w
-                shift += m * key_shift
-                if m == 1.0:
-                    product *= psi
-                    if product < 1e-280:        # psi >= min(gamma, 1 - gamma): renormalise in time
-                        log_psi += math.log(product)
-                        product = 1.0
-                elif psi != 1.0:
-                    log_psi += m * math.log(psi)
-                mu += m * mean
-                var += m * variance
-                hidden += m * masked
-            t_mu[j, a] = z * mu
-            t2_var[j, a] = z * z * var
-            t_masked[j, a] = hidden
-            log_post[j, a] = atom_log_weight[f, a] + log_psi + math.log(product) - shift
-            lphi = log_post[j, a] if nat == 1 else logaddexp(lphi, log_post[j, a])
-        if nat == 1:   # point mass: the posterior is the atom itself, no exp/log needed
-            log_post[j, 0] = 0.0
-            terms.log_phi[j] = lphi
-            terms.e1[j] = atom_z[f, 0] * t_mu[j, 0]
-            terms.e2[j] = t_mu[j, 0] * t_mu[j, 0] + t2_var[j, 0]
-            total += lphi
-            continue
-        acc1 = 0.0
-        acc2 = 0.0
-        for a in range(nat):
-            log_post[j, a] -= lphi
-            p = math.exp(log_post[j, a])
-            acc1 += p * atom_z[f, a] * t_mu[j, a]
-            acc2 += p * (t_mu[j, a] * t_mu[j, a] + t2_var[j, a])
-        terms.log_phi[j] = lphi
-        terms.e1[j] = acc1
-        terms.e2[j] = acc2
-        total += lphi
+    total = 0.0
+    for j in range(keys.area_seg.size - 1):
+        f = first + j
+        q0 = keys.area_seg[j]
+        for a in range(keys.area_seg[j + 1] - q0):
+            q = q0 + a
+            z = reduction.atom_z[f, a]
+            terms.t_mu[j, a] = z * sums[2, q]
+            terms.t2_var[j, a] = z * z * sums[3, q]
+            terms.t_masked[j, a] = sums[4, q]
+            terms.log_post[j, a] = reduction.atom_log_weight[f, a] + sums[1, q] - sums[0, q]
+        total += atom_posterior(reduction, f, j, keys.area_seg[j + 1] - q0, terms)
     return total
 
 
-@njit(cache=True, inline="always")
-def query_setup(reduction, A, B, B_self, s, k, store):
-    """What one masked query's integrals share: (its keys, per-area work arrays, the store of
-    key quantities, log c, and the t-grid's sigma offset, first x, number of nodes).
+@njit(cache=True, error_model="numpy", inline="always")
+def atom_posterior(reduction, f, j, nat, terms):
+    """Area j's log Phi_j = log sum_a w_a prod_r phi_r^{m'_r} (given in ``terms.log_post[j]``,
+    which becomes the atoms' log posterior), and E1_j, E2_j under that posterior; returns log Phi_j."""
+    if nat == 1:   # point mass: the posterior is the atom itself, no exp/log needed
+        lphi = terms.log_post[j, 0]
+        terms.log_post[j, 0] = 0.0
+        terms.log_phi[j] = lphi
+        terms.e1[j] = reduction.atom_z[f, 0] * terms.t_mu[j, 0]
+        terms.e2[j] = terms.t_mu[j, 0] * terms.t_mu[j, 0] + terms.t2_var[j, 0]
+        return lphi
+    top = -np.inf
+    for a in range(nat):
+        top = max(top, terms.log_post[j, a])
+    norm = 0.0
+    acc1 = 0.0
+    acc2 = 0.0
+    for a in range(nat):
+        weight = math.exp(terms.log_post[j, a] - top)
+        norm += weight
+        tm = terms.t_mu[j, a]
+        acc1 += weight * reduction.atom_z[f, a] * tm
+        acc2 += weight * (tm * tm + terms.t2_var[j, a])
+    lphi = top + math.log(norm)
+    for a in range(nat):
+        terms.log_post[j, a] -= lphi
+    terms.log_phi[j] = lphi
+    terms.e1[j] = acc1 / norm
+    terms.e2[j] = acc2 / norm
+    return lphi
+
+
+class QueryWork(NamedTuple):
+    """Scratch arrays of one query, reused at every node."""
+
+    stored: np.ndarray       # (N_STORED, NP) per pair at the current node
+    sums: np.ndarray         # (5, NS) per segment at the current node
+    coef: np.ndarray         # (3, NP) per pair: the gradient pass's (cl, cm, cv) times the atom's weight
+    acc: np.ndarray          # (2, NP) per pair, over all nodes: the gradient's (or attention's) sums
+    chunk: int               # psi multiplied at most this many at a time (``product_chunk``)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def product_chunk(gamma):
+    """Pairs whose psi (>= min(gamma, 1 - gamma)) can be multiplied before the product could
+    leave the normal range (1e-280)."""
+    return max(1, int(280.0 * math.log(10.0) / -math.log(min(gamma, 1.0 - gamma))))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def query_setup(reduction, A, B, B_self, s, k):
+    """What one masked query's integrals share: (its pairs, per-area terms, scratch, log c, and
+    the t-grid's rule, sigma offset, first x, number of nodes).
 
     A plain tuple, unpacked at once: a NamedTuple of arrays carried through the node loop costs
     ~25% of the kernel's time (measured)."""
     keys, log_c, log_dmin, log_dmax = query_keys(reduction, A, B, B_self, s, k)
     amax = reduction.atom_z.shape[1]
-    terms = new_area_terms(reduction.feature_stop[k] - reduction.feature_start[k], amax)
-    # the gradient and attention passes keep every key's (ta, tb, u, w); the loss needs sums only
-    stored = np.empty((amax, keys.key_m.size, N_STORED)) if store else np.empty((1, 1, N_STORED))
+    terms = new_area_terms(keys.area_seg.size - 1, amax)
+    n_pairs = keys.alpha.size
+    work = QueryWork(np.empty((N_STORED, n_pairs)), np.empty((5, keys.seg_multi.size)), np.zeros((3, n_pairs)),
+                     np.zeros((2, n_pairs)), product_chunk(reduction.mask_ratio))
     rule, offset, x0, n = grid(log_dmin, log_dmax)
-    return keys, terms, stored, log_c, rule, offset, x0, n
+    return keys, terms, work, log_c, rule, offset, x0, n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _sum_e2(terms):
     s2 = 0.0
     for j in range(terms.e2.size):
@@ -327,40 +486,59 @@ def _sum_e2(terms):
 
 
 # ---- one query: the three integrals -----------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def query_loss(method, reduction, A, B, B_self, s, k):
     """Expected loss of a masked query of class s in cluster k."""
-    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    keys, terms, work, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k)
     j0 = reduction.key_feature[k, s] - reduction.feature_start[k]
     integral = 0.0
     for i in range(n):
         sigma, h = node(rule, offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, False)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j
         if G < G_STOP:
             break
-        integrand = G * (-terms.e1[j0] + 0.5 * _sum_e2(terms))
-        integral += h * integrand
+        integral += h * G * (-terms.e1[j0] + 0.5 * _sum_e2(terms))
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral
 
 
-@njit(cache=True)
-def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
-    """Expected loss of a masked query (class s, cluster k) and its derivatives.
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
+def pair_gradients(method, gamma, stored, coef, acc):
+    """Add every pair's share of one node to the gradient sums: acc[0] += ga (moves log alpha,
+    i.e. A), acc[1] += ga + gb (moves B), with g = cl dL + cm dM + cv dV (SymPy's derivatives)."""
+    ta_row, tb_row, u_row, w_row = stored[TA], stored[TB], stored[U], stored[W]
+    cl_row, cm_row, cv_row = coef[0], coef[1], coef[2]
+    acc_a, acc_b = acc[0], acc[1]
+    for p in range(ta_row.size):
+        dl_a, dl_b, dm_a, dm_b, dv_a, dv_b = key_derivatives(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
+        cl, cm, cv = cl_row[p], cm_row[p], cv_row[p]
+        ga = cl * dl_a + cm * dm_a + cv * dv_a
+        acc_a[p] += ga
+        acc_b[p] += ga + cl * dl_b + cm * dm_b + cv * dv_b
 
-    Adds d loss / d A[s, f] to ``grad_A_row`` (F,) and d loss / d B[s, r], summed over the keys
-    of class r, to ``grad_B_row`` (S,); returns (loss, d loss / d B_self[s]).
+
+@njit(cache=True, error_model="numpy")
+def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, unmasked_by_area):
+    """Expected loss of a masked query (class s, cluster k), its derivatives and its attention
+    by area (which the same nodes give for a few operations per area).
+
+    Adds d loss / d A[s, f] to ``grad_A_row`` (F,), d loss / d B[s, r], summed over the keys of
+    class r, to ``grad_B_row`` (S,), and the mass on the unmasked keys of each area to
+    ``unmasked_by_area`` (N,); returns (loss, d loss / d B_self[s], mass on masked keys and on
+    itself), as ``query_area_attention``.
     """
-    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    keys, terms, work, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k)
     gamma = reduction.mask_ratio
     first = reduction.feature_start[k]
     j0 = reduction.key_feature[k, s] - first
+    coef = work.coef
     integral = 0.0
     d_self = 0.0
+    hidden = 0.0
     for i in range(n):
         sigma, h = node(rule, offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, True)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
         if G < G_STOP:
@@ -369,67 +547,85 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
         integrand = G * (-terms.e1[j0] + 0.5 * s2)
         integral += h * integrand
         d_self -= h * tc * integrand                     # d/d log c of G is -tc G
+        hidden += h * G * tc                             # the query's own mass E[c / D]
         # a parameter acting on area j moves its factors: product rule over log Phi_j, t mu, t^2 var
-        for f in range(first, reduction.feature_stop[k]):
-            j = f - first
+        for j in range(keys.area_seg.size - 1):
             own = j == j0
             c_phi = 0.5 * (s2 - terms.e2[j]) - (0.0 if own else terms.e1[j0])
             c1 = -1.0 if own else 0.0
-            for a in range(reduction.n_atoms[f]):
+            for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
+                q = keys.area_seg[j] + a
                 wa = h * G * math.exp(terms.log_post[j, a])
-                if wa == 0.0:
-                    continue
-                z = reduction.atom_z[f, a]
+                z = reduction.atom_z[first + j, a]
                 tm = terms.t_mu[j, a]
-                cl = c_phi + c1 * z * tm + 0.5 * (tm * tm + terms.t2_var[j, a])
-                cm = z * (c1 * z + tm)
-                cv = 0.5 * z * z
-                acc_a = 0.0
-                for i in range(keys.bounds[j], keys.bounds[j + 1]):
-                    m = keys.key_m[i]
-                    dl_a, dl_b, dm_a, dm_b, dv_a, dv_b = key_derivatives(
-                        method, stored[a, i, TA], stored[a, i, TB], stored[a, i, U], stored[a, i, W], gamma)
-                    ga = cl * dl_a + cm * dm_a + cv * dv_a
-                    gb = cl * dl_b + cm * dm_b + cv * dv_b
-                    grad_B_row[keys.key_class[i]] += wa * m * (ga + gb)
-                    acc_a += m * ga
-                grad_A_row[f] += wa * z * acc_a
-    return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self
+                unmasked_by_area[j] += wa * tm / z           # attention, as in query_area_attention
+                hidden += wa * terms.t_masked[j, a]
+                cl = wa * (c_phi + c1 * z * tm + 0.5 * (tm * tm + terms.t2_var[j, a]))
+                cm = wa * z * (c1 * z + tm)
+                cv = wa * 0.5 * z * z
+                for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
+                    coef[0, p] = cl
+                    coef[1, p] = cm
+                    coef[2, p] = cv
+        pair_gradients(method, gamma, work.stored, coef, work.acc)
+    for j in range(keys.area_seg.size - 1):
+        f = first + j
+        for p in range(keys.seg_start[keys.area_seg[j]], keys.seg_start[keys.area_seg[j + 1]]):
+            r = keys.pair_class[p]
+            if r >= 0:
+                m = keys.pair_m[p]
+                grad_A_row[f] += keys.pair_z[p] * m * work.acc[0, p]
+                grad_B_row[r] += m * work.acc[1, p]
+    return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self, hidden
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
+def pair_attention(method, gamma, stored, weight, acc):
+    """Add every pair's share of one node to the attention sums: acc[0] += weight M (unmasked),
+    acc[1] += weight Qm (masked), ``weight`` the node's h G times the atom's posterior."""
+    ta_row, tb_row, u_row, w_row = stored[TA], stored[TB], stored[U], stored[W]
+    unmasked, masked = acc[0], acc[1]
+    for p in range(ta_row.size):
+        mean, _, hidden = key_moments(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
+        unmasked[p] += weight[p] * mean
+        masked[p] += weight[p] * hidden
+
+
+@njit(cache=True, error_model="numpy")
 def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_row):
     """Expected attention of a masked query (class s, cluster k).
 
     Adds the expected mass on the unmasked (``unmasked_row``) and masked (``masked_row``) keys of
     every class, summed over the keys of the class, and returns the mass on the query itself.
     """
-    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, True)
+    keys, terms, work, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k)
     gamma = reduction.mask_ratio
+    weight = work.coef[0]
     on_self = 0.0
     for i in range(n):
         sigma, h = node(rule, offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, True)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
         if G < G_STOP:
             break
         on_self += h * G * tc                            # E[c / D] = int G t c d sigma
-        for f in range(reduction.feature_start[k], reduction.feature_stop[k]):
-            j = f - reduction.feature_start[k]
-            for a in range(reduction.n_atoms[f]):
+        for j in range(keys.area_seg.size - 1):
+            for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
+                q = keys.area_seg[j] + a
                 wa = h * G * math.exp(terms.log_post[j, a])
-                for i in range(keys.bounds[j], keys.bounds[j + 1]):
-                    m = keys.key_m[i]
-                    mean, _, masked = key_moments(method, stored[a, i, TA], stored[a, i, TB], stored[a, i, U],
-                                                  stored[a, i, W], gamma)
-                    r = keys.key_class[i]
-                    unmasked_row[r] += wa * m * mean
-                    masked_row[r] += wa * m * masked
+                for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
+                    weight[p] = wa
+        pair_attention(method, gamma, work.stored, weight, work.acc)
+    for p in range(keys.pair_class.size):
+        r = keys.pair_class[p]
+        if r >= 0:
+            unmasked_row[r] += keys.pair_m[p] * work.acc[0, p]
+            masked_row[r] += keys.pair_m[p] * work.acc[1, p]
     return on_self
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area):
     """Expected attention of a masked query (class s, cluster k), summed per area.
 
@@ -437,21 +633,21 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
     returns (mass on masked keys, mass on itself). One pass over the keys per node: the per-area
     sums of the loss pass are all it needs.
     """
-    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, False)
+    keys, terms, work, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k)
     first = reduction.feature_start[k]
     on_self = 0.0
     masked = 0.0
     for i in range(n):
         sigma, h = node(rule, offset, x0, i)
-        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, stored, False)
+        sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
         if G < G_STOP:
             break
         on_self += h * G * tc                            # E[c / D] = int G t c d sigma
-        for f in range(first, reduction.feature_stop[k]):
-            j = f - first
-            for a in range(reduction.n_atoms[f]):
+        for j in range(keys.area_seg.size - 1):
+            f = first + j
+            for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 wa = h * G * math.exp(terms.log_post[j, a])
                 unmasked_by_area[j] += wa * terms.t_mu[j, a] / reduction.atom_z[f, a]
                 masked += wa * terms.t_masked[j, a]
@@ -462,91 +658,62 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
 # With every count at its mean, log phi_r = -t (gamma beta_r + (1-gamma) alpha_r) and t mu is
 # t (1-gamma) alpha_r: per area and atom only the sums over keys C and M enter, so each node costs
 # O(areas x atoms), not O(keys x atoms). Used while every weight is safely finite (|log w| < 600).
-@njit(cache=True, inline="always")
-def meanfield_area_sums(reduction, keys, k):
-    """(C, M, Qb): per area j and atom a, C = sum_r m (gamma beta + (1-gamma) alpha_a) (log Phi =
-    log w_a - t C), M = (1-gamma) sum_r m alpha_a (t mu = z t M), Qb[j] = gamma sum_r m beta."""
+@njit(cache=True, error_model="numpy", inline="always")
+def meanfield_segment_sums(reduction, keys):
+    """(C, M) per segment q = (area j, atom a): C = sum_r m (gamma beta + (1-gamma) alpha_a) (log Phi
+    = log w_a - t C), M = (1-gamma) sum_r m alpha_a (t mu = z t M)."""
     gamma = reduction.mask_ratio
-    first = reduction.feature_start[k]
-    n_areas = reduction.feature_stop[k] - first
-    amax = reduction.atom_z.shape[1]
-    C = np.zeros((n_areas, amax))
-    M = np.zeros((n_areas, amax))
-    Qb = np.zeros(n_areas)
-    for j in range(n_areas):
-        for i in range(keys.bounds[j], keys.bounds[j + 1]):
-            m = keys.key_m[i]
-            Qb[j] += gamma * m * keys.beta[i]
-            for a in range(reduction.n_atoms[first + j]):
-                C[j, a] += m * (gamma * keys.beta[i] + (1.0 - gamma) * keys.alpha[a, i])
-                M[j, a] += (1.0 - gamma) * m * keys.alpha[a, i]
-    return C, M, Qb
+    n_seg = keys.seg_multi.size
+    C = np.zeros(n_seg)
+    M = np.zeros(n_seg)
+    for q in range(n_seg):
+        for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
+            m = keys.pair_m[p]
+            C[q] += m * (gamma * keys.beta[p] + (1.0 - gamma) * keys.alpha[p])
+            M[q] += (1.0 - gamma) * m * keys.alpha[p]
+    return C, M
 
 
-@njit(cache=True, inline="always")
-def linear_weights_safe(keys):
-    """Every weight of the query safely finite in linear form (see _linear)."""
-    for i in range(keys.beta.size):
-        if keys.beta[i] == 0.0:
-            return False
-    for a in range(keys.alpha.shape[0]):
-        for i in range(keys.alpha.shape[1]):
-            if keys.alpha[a, i] == 0.0 and keys.log_alpha[a, i] != 0.0:
-                return False
-    return True
-
-
-@njit(cache=True, inline="always")
-def meanfield_node(reduction, k, t, C, M, terms):
+@njit(cache=True, error_model="numpy", inline="always")
+def meanfield_node(reduction, k, keys, t, C, M, terms):
     """Per-area sums of the mean-field integrand at t (as area_terms); returns sum_j log Phi_j."""
     first = reduction.feature_start[k]
     total = 0.0
-    for j in range(C.shape[0]):
+    for j in range(keys.area_seg.size - 1):
         f = first + j
-        nat = reduction.n_atoms[f]
-        lphi = -np.inf
-        for a in range(nat):
-            terms.t_mu[j, a] = reduction.atom_z[f, a] * t * M[j, a]
-            terms.log_post[j, a] = reduction.atom_log_weight[f, a] - t * C[j, a]
-            lphi = terms.log_post[j, a] if nat == 1 else logaddexp(lphi, terms.log_post[j, a])
-        acc1 = 0.0
-        acc2 = 0.0
-        for a in range(nat):
-            terms.log_post[j, a] -= lphi
-            p = 1.0 if nat == 1 else math.exp(terms.log_post[j, a])
-            tm = terms.t_mu[j, a]
-            acc1 += p * reduction.atom_z[f, a] * tm
-            acc2 += p * tm * tm
-        terms.log_phi[j] = lphi
-        terms.e1[j] = acc1
-        terms.e2[j] = acc2
-        total += lphi
+        q0 = keys.area_seg[j]
+        for a in range(keys.area_seg[j + 1] - q0):
+            terms.t_mu[j, a] = reduction.atom_z[f, a] * t * M[q0 + a]
+            terms.t2_var[j, a] = 0.0                    # the counts are at their means
+            terms.log_post[j, a] = reduction.atom_log_weight[f, a] - t * C[q0 + a]
+        total += atom_posterior(reduction, f, j, keys.area_seg[j + 1] - q0, terms)
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, want_grad):
     """Mean-field loss of a masked query (class s, cluster k) and, with ``want_grad``, its
-    derivatives (as ``query_loss_grad``); falls back to the per-key integral when a weight is
+    derivatives (as ``query_loss_grad``); falls back to the per-pair integral when a weight is
     not safely finite."""
-    keys, terms, stored, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k, want_grad)
-    if not linear_weights_safe(keys):       # (method is MEANFIELD, passed on at run time)
+    keys, terms, work, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k)
+    if not keys.linear:       # (method is MEANFIELD, passed on at run time)
+        unused = np.zeros(keys.area_seg.size - 1)
         if want_grad:
-            return query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            return query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row, unused)[:2]
         # the loss alone through the gradient kernel: one compiled kernel less for a rare path
         F, S = reduction.n_atoms.size, reduction.other_keys.shape[0]
-        return query_loss_grad(method, reduction, A, B, B_self, s, k, np.zeros(F), np.zeros(S))[0], 0.0
-    C, M, _ = meanfield_area_sums(reduction, keys, k)
+        return query_loss_grad(method, reduction, A, B, B_self, s, k, np.zeros(F), np.zeros(S), unused)[0], 0.0
+    C, M = meanfield_segment_sums(reduction, keys)
     first = reduction.feature_start[k]
     j0 = reduction.key_feature[k, s] - first
-    X = np.zeros(C.shape)          # sum over nodes of wa t (cm - cl): moves alpha
-    Y = np.zeros(C.shape)          # sum over nodes of wa t cl: moves beta
+    X = np.zeros(C.size)           # sum over nodes of wa t (cm - cl): moves alpha
+    Y = np.zeros(C.size)           # sum over nodes of wa t cl: moves beta
     integral = 0.0
     d_self = 0.0
     for i in range(n):
         sigma, h = node(rule, offset, x0, i)
         t = math.exp(sigma)
-        sum_log_phi = meanfield_node(reduction, k, t, C, M, terms)
+        sum_log_phi = meanfield_node(reduction, k, keys, t, C, M, terms)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
         if G < G_STOP:
@@ -557,32 +724,36 @@ def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
         if not want_grad:
             continue
         d_self -= h * tc * integrand
-        for j in range(C.shape[0]):
+        for j in range(keys.area_seg.size - 1):
             own = j == j0
             c_phi = 0.5 * (s2 - terms.e2[j]) - (0.0 if own else terms.e1[j0])
             c1 = -1.0 if own else 0.0
-            for a in range(reduction.n_atoms[first + j]):
+            for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
+                q = keys.area_seg[j] + a
                 wa = h * G * math.exp(terms.log_post[j, a])
                 z = reduction.atom_z[first + j, a]
                 tm = terms.t_mu[j, a]
                 cl = c_phi + c1 * z * tm + 0.5 * tm * tm
                 cm = z * (c1 * z + tm)
-                X[j, a] += wa * t * (cm - cl)
-                Y[j, a] += wa * t * cl
+                X[q] += wa * t * (cm - cl)
+                Y[q] += wa * t * cl
     if want_grad:
         gamma = reduction.mask_ratio
-        for j in range(C.shape[0]):
+        for j in range(keys.area_seg.size - 1):
             f = first + j
-            for a in range(reduction.n_atoms[f]):
-                grad_A_row[f] += reduction.atom_z[f, a] * M[j, a] * X[j, a]
-                for i in range(keys.bounds[j], keys.bounds[j + 1]):
-                    grad_B_row[keys.key_class[i]] += keys.key_m[i] * (
-                        (1.0 - gamma) * keys.alpha[a, i] * X[j, a] - gamma * keys.beta[i] * Y[j, a])
+            for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
+                q = keys.area_seg[j] + a
+                grad_A_row[f] += reduction.atom_z[f, a] * M[q] * X[q]
+                for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
+                    r = keys.pair_class[p]
+                    if r >= 0:
+                        grad_B_row[r] += keys.pair_m[p] * (
+                            (1.0 - gamma) * keys.alpha[p] * X[q] - gamma * keys.beta[p] * Y[q])
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self
 
 
 # ---- mean field with point-mass amplitudes: the SymPy closed form, no integral ----------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def meanfield_shares(reduction, A, B, B_self, s, k):
     """log D and the area shares a_j = N_j / D of a query with every count at its mean."""
     S = reduction.other_keys.shape[0]
@@ -608,7 +779,7 @@ def meanfield_shares(reduction, A, B, B_self, s, k):
     return log_d, share
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _meanfield_terms(reduction, share, s, k):
     s2 = 0.0
     for j in range(share.size):
@@ -617,14 +788,14 @@ def _meanfield_terms(reduction, share, s, k):
     return meanfield_query_terms(reduction.atom_z[f0, 0], share[f0 - reduction.feature_start[k]], s2)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def closed_form_loss(reduction, A, B, B_self, s, k):
     """Mean-field query loss for point-mass amplitudes."""
     _, share = meanfield_shares(reduction, A, B, B_self, s, k)
     return _meanfield_terms(reduction, share, s, k)[0]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row):
     """Mean-field query loss and its derivatives (as ``query_loss_grad``), point masses."""
     log_d, share = meanfield_shares(reduction, A, B, B_self, s, k)
@@ -652,7 +823,7 @@ def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
 # kernels, or the mean-field ones (``method`` MEANFIELD or CLOSED_FORM, a run-time int64).
 # ``clusters`` (int64 array) selects the clusters to sum over: all of them locally, a shard of them
 # on a Dask worker.
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS):
     """Add one query's loss and derivatives, weighted by pi_k gamma (and the class size)."""
     weight = reduction.cluster_prob[k] * reduction.mask_ratio
@@ -665,7 +836,7 @@ def _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA
             gB[s, r] += weight * grad_B_row[r] / reduction.other_keys[s, r]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def exact_population_loss(reduction, A, B, B_self, clusters):
     """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s], exactly."""
     S = reduction.other_keys.shape[0]
@@ -678,7 +849,7 @@ def exact_population_loss(reduction, A, B, B_self, clusters):
     return losses.sum()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def meanfield_population_loss(method, reduction, A, B, B_self, clusters):
     """The mean-field L (``method`` MEANFIELD, or CLOSED_FORM for point-mass amplitudes)."""
     S = reduction.other_keys.shape[0]
@@ -695,15 +866,21 @@ def meanfield_population_loss(method, reduction, A, B, B_self, clusters):
     return losses.sum()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def exact_population_loss_grad(reduction, A, B, B_self, clusters):
-    """L and its per-entry gradient (dA (S, F), dB (S, S), dB_self (S,)), exactly.
+    """L, its per-entry gradient and the attention by area, exactly.
 
-    dB[s, s] is the derivative for one off-diagonal entry B[p, q] with p != q both in class s.
-    Query classes run in parallel; each writes only its own rows.
+    Returns (L, dA (S, F), dB (S, S), dB_self (S,), unmasked (K, S, N), masked (K, S)): dB[s, s]
+    is the derivative for one off-diagonal entry B[p, q] with p != q both in class s; the
+    attention is that of ``attention_by_area`` at this state (clusters outside ``clusters`` are
+    left at zero), which the gradient's nodes give almost for free. Query classes run in
+    parallel; each writes only its own rows.
     """
     S, F = A.shape
+    K = reduction.cluster_prob.size
     gA, gB, gS, losses = np.zeros((S, F)), np.zeros((S, S)), np.zeros(S), np.zeros(S)
+    unmasked = np.zeros((K, S, max_areas(reduction)))
+    masked = np.zeros((K, S))
     for si in prange(S):
         s = np.int64(si)
         grad_A_row = np.zeros(F)
@@ -711,12 +888,13 @@ def exact_population_loss_grad(reduction, A, B, B_self, clusters):
         for k in clusters:
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
-            loss, d_self = query_loss_grad(EXACT_RUNTIME, reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
+            loss, d_self, masked[k, s] = query_loss_grad(EXACT_RUNTIME, reduction, A, B, B_self, s, k, grad_A_row,
+                                                         grad_B_row, unmasked[k, s])
             _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS)
-    return losses.sum(), gA, gB, gS
+    return losses.sum(), gA, gB, gS, unmasked, masked
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def meanfield_population_loss_grad(method, reduction, A, B, B_self, clusters):
     """The mean-field L and its per-entry gradient (as ``exact_population_loss_grad``)."""
     S, F = A.shape
@@ -737,7 +915,7 @@ def meanfield_population_loss_grad(method, reduction, A, B, B_self, clusters):
     return losses.sum(), gA, gB, gS
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def attention_by_class(method, reduction, A, B, B_self, clusters):
     """Expected attention of a masked query on every key class, per cluster.
 
@@ -758,7 +936,16 @@ def attention_by_class(method, reduction, A, B, B_self, clusters):
     return unmasked, masked, on_self
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
+def max_areas(reduction):
+    """N: the most areas a cluster has."""
+    n_areas = 0
+    for k in range(reduction.cluster_prob.size):
+        n_areas = max(n_areas, reduction.feature_stop[k] - reduction.feature_start[k])
+    return n_areas
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
 def attention_by_area(method, reduction, A, B, B_self, clusters):
     """Expected attention per area along a trajectory, in one call (parallel over times x classes).
 
@@ -769,10 +956,7 @@ def attention_by_area(method, reduction, A, B, B_self, clusters):
     """
     T, S = B_self.shape
     K = reduction.cluster_prob.size
-    n_areas = 0
-    for k in range(K):
-        n_areas = max(n_areas, reduction.feature_stop[k] - reduction.feature_start[k])
-    unmasked = np.zeros((T, K, S, n_areas))
+    unmasked = np.zeros((T, K, S, max_areas(reduction)))
     masked = np.zeros((T, K, S))
     for ts in prange(T * S):
         ti = np.int64(ts // S)

@@ -56,17 +56,28 @@ def loss(state: State, method: str = "exact", clusters=None) -> float:
 def loss_and_gradient(state: State, method: str = "exact", clusters=None) -> tuple[float, State]:
     """Population loss and its per-entry gradient, as a State of derivatives (summed over
     ``clusters``, default all)."""
+    value, gradient, _ = loss_gradient_and_masses(state, method, clusters)
+    return value, gradient
+
+
+def loss_gradient_and_masses(state: State, method: str = "exact", clusters=None):
+    """(loss, gradient State, masses): as ``loss_and_gradient``, and for the exact method the
+    attention by area of the state, ``(unmasked (K, S, N), masked (K, S))`` as
+    ``attention_by_area`` gives it (zero outside ``clusters``), which the gradient's pass
+    computes almost for free; ``masses`` is None for the mean field (observables are exact)."""
     reduction = state.reduction
     use_threads(reduction)
     clusters = all_clusters(reduction) if clusters is None else clusters
     code = kernel_method(reduction, method)
     if code == kernels.EXACT:
-        value, gA, gB, gS = kernels.exact_population_loss_grad(reduction, state.A_classes, state.B_classes,
-                                                               state.B_self, clusters)
+        value, gA, gB, gS, unmasked, masked = kernels.exact_population_loss_grad(
+            reduction, state.A_classes, state.B_classes, state.B_self, clusters)
+        masses = (unmasked, masked)
     else:
         value, gA, gB, gS = kernels.meanfield_population_loss_grad(code, reduction, state.A_classes,
                                                                    state.B_classes, state.B_self, clusters)
-    return float(value), State(reduction, gA, gB, gS)
+        masses = None
+    return float(value), State(reduction, gA, gB, gS), masses
 
 
 def loss_rate(gradient: State) -> float:

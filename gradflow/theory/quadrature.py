@@ -52,7 +52,7 @@ LAGUERRE_SPREAD = np.array([spread for spread, _ in LAGUERRE_RULES])
 LAGUERRE_NODES = np.array([n for _, n in LAGUERRE_RULES], dtype=np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def grid(log_dmin, log_dmax):
     """(rule, sigma offset, first x, number of nodes) of the quadrature for one query."""
     spread = log_dmax - log_dmin
@@ -64,7 +64,7 @@ def grid(log_dmin, log_dmax):
     return DOUBLE_EXPONENTIAL, -log_dmax, x0, n
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def node(rule, offset, x0, i):
     """sigma = log t and the quadrature weight d sigma of node i."""
     if rule != DOUBLE_EXPONENTIAL:
