@@ -1,0 +1,82 @@
+"""The kernels' building blocks against independent references: the vectorisable exponential
+against the C library, and the exact kernel's fast pair pass against its general form."""
+import math
+
+import numpy as np
+from numba import njit
+
+from gradflow.model.presets import voronoi
+from gradflow.theory import kernels
+from gradflow.theory.reduction import signature_reduction
+from gradflow.theory.vector_math import exp_nonpositive
+
+
+@njit(error_model="numpy", fastmath={"reassoc", "contract"})
+def _exp_all(x):
+    out = np.empty(x.size)
+    for i in range(x.size):
+        out[i] = exp_nonpositive(x[i])
+    return out
+
+
+def test_exp_nonpositive_against_the_c_library():
+    x = -np.concatenate([np.linspace(0.0, 708.0, 1_000_001), np.geomspace(1e-300, 1.0, 2000), [0.0]])
+    ref = np.exp(x)
+    got = _exp_all(x)
+    assert np.max(np.abs(got / ref - 1.0)) < 4e-16
+    assert np.array_equal(_exp_all(np.array([-708.5, -1e4, -1e300, -np.inf])), np.zeros(4))
+
+
+@njit(error_model="numpy")
+def _area_terms_both_ways(reduction, A, B, B_self, s, k):
+    """Per-area sums at every node of one query, from the vectorised pair pass and from the
+    general one (logs where need be), which the kernel takes when a weight is not linear-safe."""
+    keys, terms, work, log_c, rule, offset, x0, n = kernels.query_setup(reduction, A, B, B_self, s, k)
+    general = kernels.QueryKeys(keys.pair_class, keys.pair_m, keys.pair_z, keys.log_alpha, keys.alpha,
+                                keys.log_beta, keys.beta, keys.seg_start, keys.seg_multi, keys.area_seg, False)
+    worst = 0.0
+    for i in range(n):
+        sigma, h = kernels.node(rule, offset, x0, i)
+        fast = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, work)
+        e1, e2 = terms.e1.copy(), terms.e2.copy()
+        slow = kernels.area_terms(kernels.EXACT, reduction, k, sigma, general, terms, work)
+        worst = max(worst, abs(fast - slow) / max(1.0, abs(slow)))
+        for j in range(e1.size):
+            worst = max(worst, abs(e1[j] - terms.e1[j]) / max(1.0, abs(terms.e1[j])),
+                        abs(e2[j] - terms.e2[j]) / max(1.0, abs(terms.e2[j])))
+    return worst, n, keys.linear
+
+
+def test_fast_pair_pass_equals_the_general_one():
+    m = voronoi(grid=(5, 6), n_clusters=3, n_regions=4, seed=5, random_fraction=0.5)
+    reduction = signature_reduction(m)
+    rng = np.random.default_rng(0)
+    S, F = reduction.n_classes, reduction.n_features
+    checked = 0
+    for scale in (0.2, 2.0, 6.0):
+        A, B, Bs = scale * rng.standard_normal((S, F)), scale * rng.standard_normal((S, S)), rng.standard_normal(S)
+        for s in range(0, S, 3):
+            for k in range(reduction.n_clusters):
+                worst, n, linear = _area_terms_both_ways(reduction, A, B, Bs, np.int64(s), np.int64(k))
+                assert linear and n > 0
+                assert worst < 1e-13, (scale, s, k, worst)
+                checked += 1
+    assert checked > 20
+
+
+def test_padding_pairs_are_neutral():
+    """Segments of keys seen once are padded to whole vector blocks with weight-0 pairs."""
+    m = voronoi(grid=(5, 6), n_clusters=3, n_regions=4, seed=5)
+    reduction = signature_reduction(m)
+    S, F = reduction.n_classes, reduction.n_features
+    rng = np.random.default_rng(1)
+    keys, _, _, _ = kernels.query_keys(reduction, rng.standard_normal((S, F)), rng.standard_normal((S, S)),
+                                       np.zeros(S), np.int64(0), np.int64(1))
+    pad = keys.pair_class < 0
+    assert pad.any() and np.all(keys.alpha[pad] == 0) and np.all(keys.beta[pad] == 0)
+    assert np.all(np.isneginf(keys.log_alpha[pad]))
+    for q in range(keys.seg_multi.size):
+        assert (keys.seg_multi[q] - keys.seg_start[q]) % kernels.LANES == 0
+    real = ~pad
+    assert math.isclose(keys.pair_m[real].sum(), sum(
+        reduction.other_keys[0, r] * reduction.n_atoms[reduction.key_feature[1, r]] for r in range(S)))
