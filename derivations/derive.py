@@ -20,9 +20,9 @@ import sympy as sp
 
 # dimensionless key weights, mask ratio, and the tilted unmasked probability
 ta, tb = sp.symbols("ta tb", positive=True)
-g = sp.symbols("g", positive=True)          # gamma, the mask ratio
-u = sp.symbols("u", positive=True)          # u = (1-g) e^{-ta} / phi
-w = sp.symbols("w", positive=True)          # w = 1 - u = g e^{-tb} / phi, passed separately so that
+gamma = sp.symbols("gamma", positive=True)  # the mask ratio
+u = sp.symbols("u", positive=True)          # u = (1-gamma) e^{-ta} / phi
+w = sp.symbols("w", positive=True)          # w = 1 - u = gamma e^{-tb} / phi, passed separately so that
                                             # 1 - u keeps its relative precision when u -> 1
 
 
@@ -34,19 +34,19 @@ def _log_derivative(expr, x):
 def key_factors_exact():
     """Per-key-class factors of the exact integrand, eliminated onto (ta, tb, u).
 
-    phi = g e^{-tb} + (1-g) e^{-ta} is E[e^{-t w}] for one key (masked w = beta, unmasked
+    phi = gamma e^{-tb} + (1-gamma) e^{-ta} is E[e^{-t w}] for one key (masked w = beta, unmasked
     w = alpha). Derivatives are taken of the explicit expressions, then e^{-ta}, e^{-tb} are
     eliminated through u; the elimination is checked to be exact.
     """
-    phi = g * sp.exp(-tb) + (1 - g) * sp.exp(-ta)
-    u_expr = (1 - g) * sp.exp(-ta) / phi
+    phi = gamma * sp.exp(-tb) + (1 - gamma) * sp.exp(-ta)
+    u_expr = (1 - gamma) * sp.exp(-ta) / phi
     L = sp.log(phi)
     M = ta * u_expr
     V = ta**2 * u_expr * (1 - u_expr)
     Qm = tb * (1 - u_expr)
-    # back-substitution: e^{-ta} = u phi / (1-g),  e^{-tb} = (1-u) phi / g  with phi free
+    # back-substitution: e^{-ta} = u phi / (1-gamma),  e^{-tb} = (1-u) phi / gamma  with phi free
     phi_s = sp.symbols("phi", positive=True)
-    back = {sp.exp(-ta): u * phi_s / (1 - g), sp.exp(-tb): (1 - u) * phi_s / g}
+    back = {sp.exp(-ta): u * phi_s / (1 - gamma), sp.exp(-tb): (1 - u) * phi_s / gamma}
 
     def eliminate(expr):
         e = sp.simplify(sp.expand(expr).subs(back))
@@ -56,7 +56,7 @@ def key_factors_exact():
         e = sp.Mul(*[f if f.free_symbols.isdisjoint({u}) or f == u
                      else sp.expand(f.subs(u, 1 - w)) for f in sp.Mul.make_args(e)])
         # exactness check at a rational point, through both u and w
-        pt = {ta: sp.Rational(3, 7), tb: sp.Rational(11, 5), g: sp.Rational(2, 7)}
+        pt = {ta: sp.Rational(3, 7), tb: sp.Rational(11, 5), gamma: sp.Rational(2, 7)}
         u_val = u_expr.subs(pt)
         assert sp.simplify(e.subs({u: u_val, w: 1 - u_val}).subs(pt) - expr.subs(pt)) == 0
         return e
@@ -70,11 +70,11 @@ def key_factors_exact():
 
 def key_factors_meanfield():
     """Mean-field counterpart: counts replaced by their means, so the key enters D with the
-    deterministic weight g*beta + (1-g)*alpha and contributes no variance."""
-    L = -(g * tb + (1 - g) * ta)
-    M = (1 - g) * ta
+    deterministic weight gamma*beta + (1-gamma)*alpha and contributes no variance."""
+    L = -(gamma * tb + (1 - gamma) * ta)
+    M = (1 - gamma) * ta
     V = sp.Integer(0)
-    Qm = g * tb
+    Qm = gamma * tb
     out = [("L", L), ("M", M), ("V", V), ("Qm", Qm)]
     for name, expr in (("L", L), ("M", M), ("V", V)):
         out.append((f"d{name}_a", _log_derivative(expr, ta)))
@@ -85,7 +85,7 @@ def key_factors_meanfield():
 def meanfield_query():
     """Mean-field per-query loss for fixed amplitudes and its derivatives.
 
-    With D = c + sum_r m_r (g beta_r + (1-g) alpha_r) and N_j = z_j (1-g) sum_{r in j} m_r alpha_r,
+    With D = c + sum_r m_r (gamma beta_r + (1-gamma) alpha_r) and N_j = z_j (1-gamma) sum_{r in j} m_r alpha_r,
     l = 1/2 [z0^2 - 2 z0 N0/D + sum_j N_j^2/D^2]. The kernel needs D dl/dD and D dl/dN_j; both are
     functions of the shares a_j = N_j/D only (S2 = sum_j a_j^2), which is what is generated.
     """

@@ -20,7 +20,7 @@ HEADER = '''"""Expressions derived by SymPy in derivations/derive.py. GENERATED 
 
 Do not edit: change derive.py and rerun ``python derivations/generate.py``. The variables are
 those of docs/model.md section 4 made dimensionless: ta = t*alpha, tb = t*beta for one key
-class; g = mask ratio; u, w = 1-u the tilted unmasked/masked probabilities of that key.
+class; gamma = mask ratio; u, w = 1-u the tilted unmasked/masked probabilities of that key.
 Per key: ``*_key_moments`` return (M, V, Qm), the tilted unmasked mean ta*u, variance
 ta^2*u*w and masked mass tb*w; ``*_key_derivatives`` return (dL_a, dL_b, dM_a, dM_b, dV_a, dV_b),
 the derivatives of log phi, M and V along log alpha (_a) and log beta (_b). The kernels compute
@@ -33,9 +33,9 @@ from numba import njit
 '''
 
 # log phi and u, w from the stable logistic form; the rest of the exact factors are SymPy's
-EXACT_PRIMITIVES = '''    # stable primitives (hand-written): phi = g e^{-tb} + (1-g) e^{-ta} in log space
-    x = log_g - tb
-    y = log_1mg - ta
+EXACT_PRIMITIVES = '''    # stable primitives (hand-written): phi = gamma e^{-tb} + (1-gamma) e^{-ta} in log space
+    x = log_gamma - tb
+    y = log_1mgamma - ta
     if y >= x:
         e = math.exp(x - y)
         L = y + math.log1p(e)
@@ -83,24 +83,24 @@ def render() -> str:
     query = derive.meanfield_query()
     text = HEADER
     text += _function(
-        "exact_key_factors", ["ta", "tb", "g", "log_g", "log_1mg"],
-        "Exact per-key factors: one key masked w.p. g (weight beta) or not (weight alpha).",
+        "exact_key_factors", ["ta", "tb", "gamma", "log_gamma", "log_1mgamma"],
+        "Exact per-key factors: one key masked w.p. gamma (weight beta) or not (weight alpha).",
         exact_pairs, KEY_OUTPUTS, pre=EXACT_PRIMITIVES)
     moments, derivatives = KEY_OUTPUTS[1:4], KEY_OUTPUTS[4:]
     text += _inline_function(
-        "exact_key_moments", ["ta", "tb", "u", "w", "g"],
+        "exact_key_moments", ["ta", "tb", "u", "w", "gamma"],
         "Exact tilted moments of one key: (M, V, Qm) from its tilted probabilities u, w = 1 - u.",
         [(n, exact[n]) for n in moments], moments)
     text += _inline_function(
-        "exact_key_derivatives", ["ta", "tb", "u", "w", "g"],
+        "exact_key_derivatives", ["ta", "tb", "u", "w", "gamma"],
         "Exact derivatives of (log phi, M, V) along log alpha and log beta.",
         [(n, exact[n]) for n in derivatives], derivatives)
     text += _inline_function(
-        "meanfield_key_moments", ["ta", "tb", "u", "w", "g"],
+        "meanfield_key_moments", ["ta", "tb", "u", "w", "gamma"],
         "Mean-field moments of one key: its count replaced by its mean (u, w unused).",
         [(n, mf[n]) for n in moments], moments)
     text += _inline_function(
-        "meanfield_key_derivatives", ["ta", "tb", "u", "w", "g"],
+        "meanfield_key_derivatives", ["ta", "tb", "u", "w", "gamma"],
         "Mean-field derivatives of (log phi, M, V) along log alpha and log beta (u, w unused).",
         [(n, mf[n]) for n in derivatives], derivatives)
     text += _function(

@@ -26,7 +26,9 @@ from .analysis import (
            compare,
            image_flow,
            learned_last,
+           phase_diagram,
            phase_scaling,
+           sweep,
            verify,
 )
 from .errors import (
@@ -45,7 +47,7 @@ from .flow import (
            solve,
            summarize,
 )
-from .model import Amplitude, Cluster, DataModel, images, presets
+from .model import Amplitude, Cluster, DataModel, images, preset, presets
 from .theory import (
            State,
            area_oracle_loss,
@@ -65,5 +67,6 @@ __all__ = ["Amplitude", "AreaTable", "Cluster", "Comparison", "ConfigError", "Da
            "GradflowError", "ImageFlow", "InvalidInputError", "OutputPathError", "PhaseSummary", "Phases", "Report",
            "ScalingResult", "Solution", "State", "TrainRun", "__version__", "area_oracle_loss", "area_table",
            "attention_diversity", "compare", "expected_attention", "image_flow", "images", "learned_last",
-           "phase_scaling", "phases", "population_grad", "population_loss", "presets", "solve", "summarize",
+           "phase_diagram", "phase_scaling", "phases", "population_grad", "population_loss", "preset", "presets", "solve",
+           "summarize", "sweep",
            "train_torch", "train_transformer", "verify"]

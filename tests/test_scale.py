@@ -142,7 +142,7 @@ def test_huge_requests_are_refused_before_allocating():
     assert sol.B[1, 5, 7] == sol.B_classes[1, m.class_of[5], m.class_of[7]]      # one entry is fine
     from gradflow.theory.reduction import position_reduction
     big = gradflow.DataModel(n_patches=10**5, clusters=[gradflow.Cluster(np.arange(10**5) % 3)])
-    with pytest.raises(InvalidInputError, match=r"would need 74.5 GiB"):
+    with pytest.raises(InvalidInputError, match=r"would need 2\d\d\.\d GiB"):   # 3 x 10^10 numbers
         position_reduction(big)                       # every position its own class: 10^10 pairs
 
 

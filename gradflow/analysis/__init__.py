@@ -13,8 +13,9 @@ from .comparison import Comparison, compare
 from .diagram import PhaseDiagram, phase_diagram
 from .image_flows import ImageFlow, image_flow
 from .scaling import ScalingResult, phase_scaling
+from .sweeps import sweep
 from .verification import Report, verify
 
 __all__ = ["AreaTable", "Comparison", "ImageFlow", "LearnedLast", "PhaseDiagram", "Report", "ScalingResult",
            "area_table", "compare", "image_flow", "learned_last", "phase_diagram", "phase_scaling",
-           "segmentation_quality", "verify"]
+           "segmentation_quality", "sweep", "verify"]

@@ -24,7 +24,7 @@ from ..theory.kernels import (
     key_primitives,
     query_keys,
 )
-from ..theory.population import population_grad
+from ..theory.per_position import population_grad
 from ..theory.quadrature import grid
 from ..theory.reduction import position_reduction
 from ..theory.state import State

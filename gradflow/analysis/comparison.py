@@ -16,7 +16,7 @@ from ..training.run import TrainRun
 BAND_SIGMAS = 2.0   # the seed band is the MC mean +- 2 standard deviations across seeds
 
 
-@dataclass
+@dataclass(repr=False)
 class ObservableComparison:
     """One observable along the runs' record times.
 
@@ -36,6 +36,10 @@ class ObservableComparison:
     def max_abs_error(self) -> float:
         return float(np.nanmax(self.abs_error)) if np.isfinite(self.abs_error).any() else np.nan
 
+    def __repr__(self) -> str:
+        return (f"<ObservableComparison {self.name} {self.flow.shape}: max |err| {self.max_abs_error:.4g}, "
+                f"mean |err| {self.mean_abs_error:.4g}>")
+
     @property
     def mean_abs_error(self) -> float:
         return float(np.nanmean(self.abs_error)) if np.isfinite(self.abs_error).any() else np.nan
@@ -49,7 +53,7 @@ class ObservableComparison:
         return float(np.mean(self.in_band[compared])) if compared.any() else float("nan")
 
 
-@dataclass
+@dataclass(repr=False)
 class Comparison:
     """Result of :func:`compare`: per observable, the flow against the MC mean over seeds."""
 
@@ -66,6 +70,10 @@ class Comparison:
         compared record time and query."""
         tol = positive_real("tol", tol)
         return bool(self.observables["target_attention"].max_abs_error <= tol)
+
+    def __repr__(self) -> str:
+        return (f"<gradflow.Comparison of {self.n_runs} run(s) at {self.t.size} record times, observables "
+                f"{', '.join(self.observables)}; .table() for the errors>")
 
     def table(self) -> str:
         head = f"{'observable':<18}{'max |err|':>11}{'mean |err|':>12}{'max MC std':>12}{'in band':>9}"

@@ -109,12 +109,17 @@ def _descent_record(sol) -> np.ndarray:
     return sol.loss
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """Result of :func:`verify`: named checks and informational rows."""
 
     checks: list
     info: list
+
+    def __repr__(self) -> str:
+        failed = [c.name for c in self.checks if not c.passed]
+        verdict = "all passed" if not failed else f"failed: {', '.join(failed)}"
+        return f"<gradflow.Report {len(self.checks)} checks, {verdict}; .table() for the values>"
 
     @property
     def passed(self) -> bool:
@@ -184,7 +189,8 @@ def verify(model: DataModel, *, t_max: float | None = None, method: str = "exact
         runs = [train_transformer(model, seed=s, **mc) for s in seeds]
         checks.append(check_monte_carlo(compare(sol, runs)["target_attention"].max_abs_error, tol))
     if sol.status < 0:
-        checks.append(Check("integration", sol.message, "status 0", False, "the flow was integrated to t_max"))
+        checks.append(Check("integration", sol.message, "status 0", False,
+                            "the flow is integrated to its end (t_max, or convergence when t_max is None)"))
 
     loc = ph.is_local
     info = [

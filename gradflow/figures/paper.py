@@ -21,7 +21,8 @@ from ..flow.phase_times import largest_other_areas, phases, summarize
 from ..flow.solver import solve
 from ..model.presets import global_local
 from ..theory.oracle import area_oracle_loss
-from ..theory.population import attention_maps, expected_attention, loss
+from ..theory.per_position import expected_attention
+from ..theory.population import attention_maps, loss
 from ..training.sgd import train_transformer
 from .style import (
     PALETTE,

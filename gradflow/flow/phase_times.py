@@ -214,6 +214,9 @@ class PhaseSummary:
         """Median phase time ``name`` of the primary group (NaN: not reached)."""
         return self.groups[self.primary].median[name]
 
+    def __repr__(self) -> str:
+        return f"<gradflow.PhaseSummary {self.groups[self.primary].line()}>"
+
     def __str__(self) -> str:
         lines = [g.line() for g in self.groups.values()]
         if np.isfinite(self.min_target_fraction):

@@ -308,10 +308,10 @@ class PerPosition:
 
     def __init__(self, states: State, which: str):
         self.states, self.which = states, which
-        red = states.reduction
+        reduction = states.reduction
         T = states.shape[0]
-        P = red.n_positions
-        self.shape = (T, P, red.n_features) if which == "A" else (T, P, P)
+        P = reduction.n_positions
+        self.shape = (T, P, reduction.n_features) if which == "A" else (T, P, P)
         self.ndim = 3
         self.dtype = np.dtype(np.float64)
 

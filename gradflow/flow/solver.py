@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolver, Radau
 
-from .._validate import choice, instance, positive_int, positive_real, real
+from .._validate import check_memory, choice, instance, positive_int, positive_real, real
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.jacobian import meanfield_jacobian
@@ -82,6 +82,15 @@ def _check_integrator(integrator, n: int):
     if integrator in SOLVERS or (isinstance(integrator, type) and issubclass(integrator, OdeSolver)):
         return SOLVERS[integrator] if isinstance(integrator, str) else integrator
     raise InvalidInputError(f"integrator must be one of {INTEGRATORS} or an OdeSolver subclass, got {integrator!r}")
+
+
+def _check_memory(n: int, n_outputs: int, solver_class) -> None:
+    """Refuse before integrating a run whose states at the output times and integrator workspace
+    (an n x n Jacobian for the implicit methods and LSODA) cannot fit; the dense output and the
+    step ends' attention are kept only while they fit their own limits (``stepping``)."""
+    workspace = 2.0 * n * n if issubclass(solver_class, (LSODA, BDF, Radau)) else 16.0 * n
+    check_memory(n_outputs * float(n) + workspace,
+                 f"a flow of {n} state numbers at {n_outputs} output times with {solver_class.__name__}")
 
 
 def _jacobian_function(reduction, method, solver_class, jacobian):
@@ -201,6 +210,7 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     reduction = y0.reduction
     n = y0.flat().size
     solver_class = _check_integrator(integrator, n)
+    _check_memory(n, OUTPUTS_PER_DECADE * 6 + 2 if t_max is None else candidates.size, solver_class)
     rtol = (RTOL_SMALL if n <= AUTO_LSODA_MAX else RTOL_LARGE) if rtol is None else positive_real("rtol", rtol)
     jac = _jacobian_function(reduction, method, solver_class, jacobian)
     field = FlowField(_evaluator(reduction, method, client), lambda y: State.from_flat(reduction, y), loss_rate)

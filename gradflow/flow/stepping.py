@@ -20,6 +20,7 @@ import numpy as np
 from scipy.integrate import OdeSolution
 
 DENSE_OUTPUT_LIMIT = 25_000_000     # numbers of dense output kept for ``Solution.at`` (~200 MB)
+STEP_MASSES_LIMIT = 25_000_000      # numbers of attention by area kept at the step ends (~200 MB)
 
 
 class FlowField:
@@ -179,7 +180,7 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
     if candidates.size and candidates[0] == 0.0:
         outputs[0.0] = y0.copy()
     step_t, step_loss, step_rate, step_masses = [0.0], [np.nan], [np.nan], [None]
-    pieces, times, keep_dense = [], [0.0], True
+    pieces, times, keep_dense, keep_masses = [], [0.0], True, True
     next_out = int(np.searchsorted(candidates, 0.0, side="right"))
     status, message, converged = 0, "reached t_max", None if convergence is None else False
     if field.first is not None:
@@ -195,10 +196,17 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
         step_t.append(t)
         step_loss.append(np.nan if end is None else end[0])
         step_rate.append(np.nan if end is None else end[1])
-        step_masses.append(None if end is None else end[2])
+        step_masses.append(None if end is None or not keep_masses else end[2])
+        if keep_masses and step_masses[-1] is not None \
+                and len(step_masses) * step_masses[-1][0].size > STEP_MASSES_LIMIT:
+            keep_masses = False         # too many steps to keep them all: phases read the output times
+            step_masses = [None] * len(step_masses)
         while next_out < candidates.size and candidates[next_out] <= t:
             outputs[float(candidates[next_out])] = piece(candidates[next_out])
             next_out += 1
+        if convergence is not None:     # a run to convergence keeps its last six decades (and t = 0)
+            for old in [tt for tt in outputs if 0.0 < tt < t * 1e-6]:
+                del outputs[old]
         if keep_dense:         # ~8 numbers per state entry and step (DOP853 keeps 7 stages)
             pieces.append(piece)
             times.append(t)

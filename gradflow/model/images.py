@@ -285,17 +285,6 @@ def patch_means(image, grid=(14, 14)) -> np.ndarray:
 
 
 # ---- segmentation --------------------------------------------------------------------------------
-def _neighbours(r: int, c: int, shape):
-    if r > 0:
-        yield r - 1, c
-    if c > 0:
-        yield r, c - 1
-    if c + 1 < shape[1]:
-        yield r, c + 1
-    if r + 1 < shape[0]:
-        yield r + 1, c
-
-
 def connected_components(labels: np.ndarray) -> np.ndarray:
     """Every label's 4-connected components as labels of their own (numbered by first appearance)."""
     from scipy import ndimage

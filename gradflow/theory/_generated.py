@@ -2,7 +2,7 @@
 
 Do not edit: change derive.py and rerun ``python derivations/generate.py``. The variables are
 those of docs/model.md section 4 made dimensionless: ta = t*alpha, tb = t*beta for one key
-class; g = mask ratio; u, w = 1-u the tilted unmasked/masked probabilities of that key.
+class; gamma = mask ratio; u, w = 1-u the tilted unmasked/masked probabilities of that key.
 Per key: ``*_key_moments`` return (M, V, Qm), the tilted unmasked mean ta*u, variance
 ta^2*u*w and masked mass tb*w; ``*_key_derivatives`` return (dL_a, dL_b, dM_a, dM_b, dV_a, dV_b),
 the derivatives of log phi, M and V along log alpha (_a) and log beta (_b). The kernels compute
@@ -15,11 +15,11 @@ from numba import njit
 
 
 @njit(cache=True, error_model="numpy")
-def exact_key_factors(ta, tb, g, log_g, log_1mg):
-    """Exact per-key factors: one key masked w.p. g (weight beta) or not (weight alpha)."""
-    # stable primitives (hand-written): phi = g e^{-tb} + (1-g) e^{-ta} in log space
-    x = log_g - tb
-    y = log_1mg - ta
+def exact_key_factors(ta, tb, gamma, log_gamma, log_1mgamma):
+    """Exact per-key factors: one key masked w.p. gamma (weight beta) or not (weight alpha)."""
+    # stable primitives (hand-written): phi = gamma e^{-tb} + (1-gamma) e^{-ta} in log space
+    x = log_gamma - tb
+    y = log_1mgamma - ta
     if y >= x:
         e = math.exp(x - y)
         L = y + math.log1p(e)
@@ -48,7 +48,7 @@ def exact_key_factors(ta, tb, g, log_g, log_1mg):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def exact_key_moments(ta, tb, u, w, g):
+def exact_key_moments(ta, tb, u, w, gamma):
     """Exact tilted moments of one key: (M, V, Qm) from its tilted probabilities u, w = 1 - u."""
     M = ta*u
     V = ta**2*u*w
@@ -57,7 +57,7 @@ def exact_key_moments(ta, tb, u, w, g):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def exact_key_derivatives(ta, tb, u, w, g):
+def exact_key_derivatives(ta, tb, u, w, gamma):
     """Exact derivatives of (log phi, M, V) along log alpha and log beta."""
     _x0 = ta*u
     _x1 = tb*w
@@ -73,20 +73,20 @@ def exact_key_derivatives(ta, tb, u, w, g):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def meanfield_key_moments(ta, tb, u, w, g):
+def meanfield_key_moments(ta, tb, u, w, gamma):
     """Mean-field moments of one key: its count replaced by its mean (u, w unused)."""
-    M = -ta*(g - 1)
+    M = -ta*(gamma - 1)
     V = 0.0
-    Qm = g*tb
+    Qm = gamma*tb
     return M, V, Qm
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def meanfield_key_derivatives(ta, tb, u, w, g):
+def meanfield_key_derivatives(ta, tb, u, w, gamma):
     """Mean-field derivatives of (log phi, M, V) along log alpha and log beta (u, w unused)."""
-    _x0 = ta*(g - 1)
+    _x0 = ta*(gamma - 1)
     dL_a = _x0
-    dL_b = -g*tb
+    dL_b = -gamma*tb
     dM_a = -_x0
     dM_b = 0.0
     dV_a = 0.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from .state import State, flat_size
 
 
@@ -25,13 +26,13 @@ def query_hessian(x: np.ndarray, Z: np.ndarray, z0: float, j0: int):
     """(gradient (n,), Hessian (n, n)) of the mean-field query loss in the slot log-weights."""
     p = np.exp(x - np.logaddexp.reduce(x))
     a = Z.T @ p
-    g = a.copy()
-    g[j0] -= z0
-    h = Z @ g
-    lam = g @ a
+    residual = a.copy()                                       # the shares minus the target
+    residual[j0] -= z0
+    h = Z @ residual
+    lam = residual @ a
     grad = p * (h - lam)
     Ja = p[None, :] * (Z.T - a[:, None])                      # (J, n)
-    H = np.diag(grad) - np.outer(grad, p) + p[:, None] * (Z @ Ja - ((a + g) @ Ja)[None, :])
+    H = np.diag(grad) - np.outer(grad, p) + p[:, None] * (Z @ Ja - ((a + residual) @ Ja)[None, :])
     return grad, H
 
 
@@ -41,7 +42,8 @@ def meanfield_jacobian(state: State) -> np.ndarray:
     reduction = state.reduction
     A, B, B_self = state.A_classes, state.B_classes, state.B_self
     if not reduction.all_point:
-        raise ValueError("the analytic Jacobian needs point-mass amplitudes (all_point)")
+        raise InvalidInputError("the analytic Jacobian needs point-mass amplitudes (every area's amplitude a "
+                                "single atom)")
     S, F = reduction.n_classes, reduction.n_features
     n = flat_size(reduction)
     J = np.zeros((n, n))

@@ -171,7 +171,6 @@ def query_keys(reduction, A, B, B_self, s, k):
     Returns (QueryKeys, log c, log D_min, log D_max): the bounds of D over all masks and atoms
     set the t-grid of the integrals.
     """
-    S = reduction.other_keys.shape[0]
     first, stop = reduction.feature_start[k], reduction.feature_stop[k]
     n_areas = stop - first
     # sizes: per area the keys seen once (padded) and the others, times the area's atoms
@@ -872,7 +871,7 @@ def exact_population_loss_grad(reduction, A, B, B_self, clusters):
 
     Returns (L, dA (S, F), dB (S, S), dB_self (S,), unmasked (K, S, N), masked (K, S)): dB[s, s]
     is the derivative for one off-diagonal entry B[p, q] with p != q both in class s; the
-    attention is that of ``attention_by_area`` at this state (clusters outside ``clusters`` are
+    attention is that of ``area_attention_kernel`` at this state (clusters outside ``clusters`` are
     left at zero), which the gradient's nodes give almost for free. Query classes run in
     parallel; each writes only its own rows.
     """
@@ -916,7 +915,7 @@ def meanfield_population_loss_grad(method, reduction, A, B, B_self, clusters):
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def attention_by_class(method, reduction, A, B, B_self, clusters):
+def class_attention_kernel(method, reduction, A, B, B_self, clusters):
     """Expected attention of a masked query on every key class, per cluster.
 
     Returns (unmasked (K, S, S), masked (K, S, S), on_self (K, S)): for a masked query of class s
@@ -946,7 +945,7 @@ def max_areas(reduction):
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def attention_by_area(method, reduction, A, B, B_self, clusters):
+def area_attention_kernel(method, reduction, A, B, B_self, clusters):
     """Expected attention per area along a trajectory, in one call (parallel over times x classes).
 
     A (T, S, F), B (T, S, S), B_self (T, S). Returns (unmasked (T, K, S, N), masked (T, K, S)): the
@@ -972,6 +971,6 @@ def compiled_before() -> bool:
     """Whether Numba's cache already holds the main kernels (a first run compiles them: ~10 s)."""
     try:
         return all(os.path.exists(kernel._cache._cache_file._index_path)
-                   for kernel in (exact_population_loss_grad, attention_by_area))
+                   for kernel in (exact_population_loss_grad, area_attention_kernel))
     except AttributeError:          # another Numba's internals: assume compiled, say nothing
         return True

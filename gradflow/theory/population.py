@@ -1,9 +1,8 @@
 """The population loss, its gradient and the expected attention, on a ``State``.
 
-The first half works at any class resolution and is what the flow uses: ``loss``,
-``loss_and_gradient``, ``attention_by_class`` and what derives from it. The second half is the
-public per-position API: ``population_loss``, ``population_grad`` and ``expected_attention`` take
-any real A (P x F) and B (P x P) and assume no symmetry.
+These work at any class resolution and are what the flow uses: ``loss``, ``loss_and_gradient``,
+``attention_by_class`` and what derives from them. The public per-position API built on them
+(any real A (P x F) and B (P x P), no symmetry assumed) is ``per_position``.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validate import check_memory, choice, instance
+from .._validate import check_memory, choice
 from ..model import DataModel
 from . import kernels
 from .parallel import use_threads
@@ -107,7 +106,7 @@ def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
                  f"attention of {reduction.n_classes} classes on each other")
     use_threads(state.reduction)
     code = np.int64(kernels.METHODS[check_method(method)])
-    return ClassAttention(*kernels.attention_by_class(code, state.reduction,
+    return ClassAttention(*kernels.class_attention_kernel(code, state.reduction,
                                                       state.A_classes, state.B_classes, state.B_self,
                                                       all_clusters(state.reduction)))
 
@@ -122,7 +121,7 @@ def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray,
     Bs = np.ascontiguousarray(states.B_self.reshape((-1, states.B_self.shape[-1])))
     use_threads(reduction, times=A.shape[0])
     code = np.int64(kernels.METHODS[check_method(method)])
-    unmasked, masked = kernels.attention_by_area(code, reduction, A, B, Bs,
+    unmasked, masked = kernels.area_attention_kernel(code, reduction, A, B, Bs,
                                                  all_clusters(reduction))
     lead = states.shape
     return unmasked.reshape(lead + unmasked.shape[1:]), masked.reshape(lead + masked.shape[1:])
@@ -170,73 +169,7 @@ def attention_maps(state: State, method: str = "exact", part: str = "total", clu
     return out
 
 
-# ---- the public per-position API ----------------------------------------------------------------
-def population_loss(model: DataModel, A, B, method: str = "exact", *, client=None) -> float:
-    """Expected masked-reconstruction loss L(Q) of docs/model.md section 2.
-
-    Parameters
-    ----------
-    model : DataModel
-    A : (P, F) array_like
-        Feature-position correlations e_p^T Q v_f.
-    B : (P, P) array_like
-        Position-position correlations e_p^T Q e_q (diagonal: a masked query's self score).
-    method : {"exact", "meanfield"}
-        "exact" is the exact expectation over masks and amplitudes at finite P; "meanfield"
-        replaces the unmasked counts by their means.
-    client : dask.distributed.Client, optional
-        Shard the clusters over its workers (the loss is a sum over clusters).
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from gradflow import presets
-    >>> m = presets.global_local(P=16, n_local=1, local_size=4)
-    >>> round(population_loss(m, np.zeros((16, 2)), np.zeros((16, 16))), 6)   # Q = 0
-    3.516602
-    """
-    instance("model", model, DataModel)
-    check_method(method)
-    state = State.from_positions(model, A, B)
-    if client is not None:
-        from .distributed import ShardedPopulation
-        return ShardedPopulation(client, state.reduction, method).loss(state)
-    return loss(state, method)
-
-
-def population_grad(model: DataModel, A, B, method: str = "exact", *, client=None):
-    """Gradient of :func:`population_loss`: ``(dL/dA (P, F), dL/dB (P, P))``; ``client``
-    shards the clusters over a Dask client's workers."""
-    instance("model", model, DataModel)
-    check_method(method)
-    state = State.from_positions(model, A, B)
-    if client is not None:
-        from .distributed import ShardedPopulation
-        _, grad = ShardedPopulation(client, state.reduction, method).loss_and_gradient(state)
-    else:
-        _, grad = loss_and_gradient(state, method)
-    gB = grad.B_classes.copy()
-    np.fill_diagonal(gB, grad.B_self)
-    return grad.A_classes, gB
-
-
-def expected_attention(model: DataModel, A, B, method: str = "exact", part: str = "total") -> np.ndarray:
-    """Expected attention maps (K, P, P) of masked queries for per-position correlations.
-
-    Entry [k, p, q] is E[w_pq | p masked, cluster k], averaged over the other masks and the
-    amplitudes; ``part`` keeps only the cases where q is "unmasked" or "masked". Rows of the
-    "total" map sum to one.
-    """
-    instance("model", model, DataModel)
-    check_method(method)
-    return attention_maps(State.from_positions(model, A, B), method, part)
-
-
 def target_attention_at(model: DataModel, A, B, method: str = "exact") -> np.ndarray:
     """(K, P) expected mass a masked query at p puts on the unmasked keys of its own area."""
-    state = State.from_positions(model, A, B)
+    state = State.from_positions(model, A, B)     # validates A, B against the model
     return own_area_attention(state.reduction, attention_by_class(state, check_method(method)).unmasked)

@@ -78,13 +78,16 @@ def _build(model: DataModel, class_of: np.ndarray) -> Reduction:
     class_of = np.asarray(class_of, dtype=np.int64)
     S = int(class_of.max()) + 1
     amax = max(a.values.size for cl in model.clusters for a in cl.amplitudes)
-    # the class pairs, and per query the keys' weights at every atom (one per thread)
-    check_memory(S * S + 4.0 * S * amax * numba.config.NUMBA_NUM_THREADS,
+    # the class pairs, then in the kernels per query and thread ~18 numbers per (atom, key) pair
+    # (its weights and scratch rows, kernels.QueryWork), and the state and its gradient (S^2 each)
+    check_memory(3.0 * S * S + 18.0 * S * amax * numba.config.NUMBA_NUM_THREADS,
                  f"a reduction of {S} classes with {amax} amplitude atoms")
     sizes = np.bincount(class_of, minlength=S).astype(np.int64)
     rep = np.zeros(S, dtype=np.int64)
     rep[class_of[::-1]] = np.arange(P)[::-1]        # first position of every class
-    other_keys = np.tile(sizes.astype(np.float64), (S, 1)) - np.eye(S)
+    other_keys = np.empty((S, S))                   # m'[s, r] = |r| - 1{r = s}, built in place
+    other_keys[:] = sizes.astype(np.float64)
+    other_keys[np.arange(S), np.arange(S)] -= 1.0
 
     key_feature = np.empty((K, S), dtype=np.int64)
     keys_by_area = np.empty((K, S), dtype=np.int64)
