@@ -8,7 +8,7 @@ from scipy import ndimage
 
 import gradflow
 from gradflow.analysis.areas import AreaTable, area_table, learned_last, within_area_fraction
-from gradflow.analysis.image_flows import ImageFlow, image_flow
+from gradflow.analysis.image_flows import MOMENTS, ImageFlow, image_flow
 from gradflow.images import (
     SAMPLE_NAMES,
     area_amplitudes,
@@ -73,6 +73,23 @@ def test_two_colour_image_is_split_along_its_colour_edge():
     img = np.zeros((28, 28))
     img[:, 12:] = 1.0
     assert np.array_equal(segment(img, (14, 14), 2), np.repeat([[0] * 6 + [1] * 8], 14, axis=0))
+
+
+def test_four_rectangles_of_unequal_size_are_recovered():
+    """Known regions: four rectangles of different sizes and colours on a 14 x 14 grid, at 3
+    pixels a patch with noise, are found exactly with n_areas = 4."""
+    truth = np.zeros((14, 14), dtype=int)
+    truth[:5, 9:] = 1
+    truth[5:, :4] = 2
+    truth[10:, 4:] = 3
+    colours = np.array([[0.9, 0.8, 0.2], [0.1, 0.5, 0.9], [0.8, 0.1, 0.3], [0.2, 0.8, 0.3]])
+    img = np.kron(colours[truth], np.ones((3, 3, 1)))
+    img = np.clip(img + 0.03 * np.random.default_rng(0).standard_normal(img.shape), 0, 1)
+    labels = segment(img, (14, 14), 4)
+    assert_valid_labels(labels, (14, 14), 4)
+    for j in range(4):      # each found area is exactly one rectangle (labels are renumbered)
+        assert np.unique(truth[labels == j]).size == 1
+    assert np.unique(labels).size == 4
 
 
 def test_intensity_scale_and_dtype_do_not_matter(shipped):
@@ -307,6 +324,11 @@ def test_saved_flow_redraws_without_solving(small_flow, tmp_path):
     for k, name in enumerate(loaded.names):
         drawn = res.data[name]
         labels = loaded.labels(k)
+        # the map columns run in time order, whatever the order of T1 and T2; unreached ones last
+        column_times = [drawn["times"][list(MOMENTS).index(c)] for c in drawn["columns"]]
+        finite = [x for x in column_times[:-1] if np.isfinite(x)]
+        assert drawn["columns"][0] == "t = 0" and drawn["columns"][-1] == "end" and finite == sorted(finite)
+        assert all(np.isfinite(x) for x in column_times[:len(finite)])
         np.testing.assert_array_equal(drawn["attention"], small_flow.query_attention[k])
         # every boundary segment separates two patches of different areas, and all such pairs are drawn
         differing = int((labels[:, 1:] != labels[:, :-1]).sum() + (labels[1:] != labels[:-1]).sum())
@@ -330,6 +352,27 @@ def test_saved_flow_redraws_without_solving(small_flow, tmp_path):
     assert np.all(other.query == 0) and not np.allclose(other.query_attention[:, -1], loaded.query_attention[:, -1])
 
 
+def test_default_mean_field_path_at_vit_grid(shipped, tmp_path):
+    """The default path (14 x 14 patches, 8 areas, mean-field flow, exact observables): the drawn
+    maps are the exact expected attention of the flow's state at the drawn times, and each
+    area's curve ends at its final own-area attention / ceiling."""
+    from gradflow.figures.images import draw_images
+    from gradflow.theory.population import attention_maps
+    flow = image_flow({n: shipped[n] for n in ("rocket", "camera")}, t_max=3000.0)
+    assert flow.solution.method == "meanfield" and flow.model.grid == (14, 14)
+    res = draw_images(flow, tmp_path / "new" / "folder")      # the folder is made
+    for k, name in enumerate(flow.names):
+        drawn = res.data[name]
+        i_end = -1
+        exact_end = attention_maps(flow.solution.state(i_end), "exact", clusters=[k])[0][flow.query[k]]
+        np.testing.assert_allclose(drawn["attention"][-1], exact_end, rtol=1e-10, atol=1e-15)
+        assert drawn["attention"][-1].sum() == pytest.approx(1.0, rel=1e-12)
+        labels = flow.labels(k)
+        final = flow.solution.target_fraction[-1, k]
+        for j, curve in drawn["curves"].items():
+            np.testing.assert_allclose(curve[-1], np.nanmean(final[labels.ravel() == j]), rtol=1e-10)
+
+
 def test_shared_area_attention_counts_co_membership():
     """Two clusters: in cluster 0 the query's area is {0, 1, 2, 3}; key 1 shares it in both
     clusters, keys 2 and 3 in cluster 0 only: ranks (3, 1.5, 1.5) against weights ranked (3, 2, 1)
@@ -349,7 +392,7 @@ def test_area_boundaries_of_a_known_map():
         ((2.0, 0.0), (2.0, 1.0)), ((2.0, 1.0), (2.0, 2.0)), ((0.0, 1.0), (1.0, 1.0)), ((1.0, 1.0), (2.0, 1.0))])
 
 
-def test_target_attention_reuses_the_phase_measurement(small_flow):
+def test_target_attention_is_the_attention_kernels(small_flow):
     from gradflow.flow.observables import target_attention_along
     direct = target_attention_along(small_flow.solution.states)
     np.testing.assert_allclose(small_flow.solution.target_attention_classes, direct, rtol=1e-12, atol=1e-15)

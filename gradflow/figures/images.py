@@ -126,8 +126,12 @@ def _row(fig, axes, flow: ImageFlow, k: int, first_row: bool) -> dict:
     norm = LogNorm(vmin=max(float(finite.min()), vmax * 1e-3), vmax=vmax)
     own = labels == labels[qr, qc]
     im = None
-    for m, moment in enumerate(MOMENTS):
-        ax = axes[1 + m]
+    # columns in time order (T1 may come after T2, as for global queries); unreached phases last
+    order = sorted(range(len(MOMENTS)), key=lambda m: (MOMENTS[m] == "end", not np.isfinite(times[m]),
+                                                       times[m] if np.isfinite(times[m]) else 0.0))
+    for column, m in enumerate(order):
+        moment = MOMENTS[m]
+        ax = axes[1 + column]
         _photo(ax, image, grid, grey=True)
         t = times[m]
         label = "t = 0" if m == 0 else (f"end, t = {_time(t)}" if moment == "end" else f"{moment} = {_time(t)}")
@@ -136,7 +140,7 @@ def _row(fig, axes, flow: ImageFlow, k: int, first_row: bool) -> dict:
             continue
         ax.set_title(label)
         im = ax.imshow(np.clip(shown[m], norm.vmin, None).reshape(grid), extent=(0, gw, gh, 0), cmap="magma",
-                       norm=norm, alpha=0.72, interpolation="nearest")
+                       norm=norm, alpha=0.62, interpolation="nearest")
         ax.set_aspect((image.shape[0] / gh) / (image.shape[1] / gw))    # imshow reset it
         _outline_area(ax, own, PALETTE["sky"])
         ax.plot(qc + 0.5, qr + 0.5, "x", color="white", ms=6, mew=2.4)
@@ -164,7 +168,8 @@ def _row(fig, axes, flow: ImageFlow, k: int, first_row: bool) -> dict:
                 label=f"{j} ({pos.size})")
     for level, text in ((0.5, "T2"), (1 - flow.ph.eps, "T3")):
         ax.axhline(level, color="0.5", lw=0.7, ls=":")
-        ax.text(t[-1], level, text, fontsize=6, color="0.4", va="bottom", ha="right")
+        ax.text(0.98, level, text, fontsize=6, color="0.4", va="bottom", ha="right",
+                transform=ax.get_yaxis_transform())
     ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(t[1], t[-1])
@@ -174,7 +179,7 @@ def _row(fig, axes, flow: ImageFlow, k: int, first_row: bool) -> dict:
               bbox_to_anchor=(0.0, 0.93),
               handlelength=1.0, columnspacing=0.6, frameon=False)
     return {"labels": labels, "boundaries": segs, "query": p, "times": times, "attention": maps, "curves": curves,
-            "norm": (norm.vmin, norm.vmax)}
+            "norm": (norm.vmin, norm.vmax), "columns": [MOMENTS[m] for m in order]}
 
 
 def draw_images(flow: ImageFlow, out_dir, which=None, name: str = "images") -> FigureResult:
@@ -182,6 +187,7 @@ def draw_images(flow: ImageFlow, out_dir, which=None, name: str = "images") -> F
     import matplotlib
     which = list(range(len(flow.names))) if which is None else list(which)
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context(STYLE):
         fig = new_figure(7 * PANEL + 0.9, PANEL * 1.08 * len(which) + 0.5)
         axes = np.atleast_2d(fig.subplots(len(which), 7, gridspec_kw={"width_ratios": [1] * 6 + [1.25]}))
