@@ -61,8 +61,8 @@ def global_local(P: int = 64, n_local: int | None = None, local_size: int = 4, m
     P : int
         Number of patches, laid out on the most square grid (``square_grid``).
     n_local : int, optional
-        Local areas per cluster; default 4, or as many as fit when P is too small for 4 (a
-        global area is always left).
+        Local areas per cluster; default 4, or as many as fit when P is too small for 4: the
+        global area is always left, larger than each local area (it is the dominant one).
     local_size : int
         Patches in each local area (a compact rectangle).
     mask_ratio : float
@@ -92,15 +92,15 @@ def global_local(P: int = 64, n_local: int | None = None, local_size: int = 4, m
     bh, bw = _block_shape(local_size, H, W)
     rows, cols = H // bh, W // bw
     n_slots = rows * cols
-    if n_local is None:         # 4, or as many as fit beside a global area
-        n_local = max(1, min(4, n_slots // K, (P - 1) // (local_size * K)))
+    if n_local is None:         # 4, or as many as fit beside a global area larger than each of them
+        n_local = max(1, min(4, n_slots // K, (P - local_size - 1) // (local_size * K)))
     n_local = positive_int("n_local", n_local)
     need = n_local * K
-    if need > n_slots or need * local_size >= P:
+    if need > n_slots or P - need * local_size <= local_size:
         raise InvalidInputError(
             f"n_local={n_local} areas of local_size={local_size} for {K} cluster(s) do not fit in "
-            f"P={P} ({H}x{W} grid, {n_slots} free blocks) with a global area left: "
-            f"lower n_local or local_size, or raise P")
+            f"P={P} ({H}x{W} grid, {n_slots} free blocks) with a global area larger than each of them "
+            f"(it would have {P - need * local_size} patches): lower n_local or local_size, or raise P")
     # spread the blocks evenly over the grid; cluster k takes every K-th of them
     slots = np.round(np.linspace(0, n_slots - 1, need)).astype(int)
     probs = _cluster_probs(probs, K)
