@@ -28,13 +28,16 @@ def test_vectorised_brute_force_agrees_with_oracle(two_cluster_model):
                / brute_force_loss(two_cluster_model, A, B) - 1) < 1e-12
 
 
-def test_factor_count_matches_an_independent_count():
-    """The throughput row divides by the number of key-factor evaluations of one gradient: count
-    them again from the NumPy reference's own grid (nodes x keys x atoms per query)."""
+def test_pair_count_matches_an_independent_count():
+    """The throughput row divides by the (atom, key) pair evaluations of one gradient: count them
+    again from the NumPy reference's own grid, stopping where G(t) = e^{-tc} prod_keys phi falls
+    below G_STOP, with one pair per key (point-mass amplitudes)."""
+    from gradflow.theory.quadrature import G_STOP
     m = DataModel(n_patches=9, mask_ratio=0.3, clusters=[Cluster(np.arange(9) % 3), Cluster(np.arange(9) // 5)])
     rng = np.random.default_rng(3)
     A, B = random_state(m, rng, 2.0)
     st = State.from_positions(m, A, B)
+    g = m.mask_ratio
     expected = 0
     for k, cl in enumerate(m.clusters):
         fidx = np.array([m.feature_index(k, j) for j in cl.areas])
@@ -43,8 +46,14 @@ def test_factor_count_matches_an_independent_count():
             la, lb = B[p, keys] + A[p, fidx[keys]], B[p, keys]
             lo = np.logaddexp.reduce(np.r_[B[p, p], np.minimum(la, lb)])
             hi = np.logaddexp.reduce(np.r_[B[p, p], np.maximum(la, lb)])
-            expected += references._nodes(lo, hi)[0].size * keys.sum()
-    assert bench._count_factor_evals(position_reduction(m), st.A_classes, st.B_classes, st.B_self) == expected
+            for sigma in references._nodes(lo, hi)[0]:
+                t = np.exp(sigma)
+                expected += keys.sum()
+                G = np.exp(-t * np.exp(B[p, p])) * np.prod(g * np.exp(-t * np.exp(lb)) + (1 - g) * np.exp(-t * np.exp(la)))
+                if G < G_STOP:
+                    break
+    total, padding = bench.count_pair_evaluations(position_reduction(m), st.A_classes, st.B_classes, st.B_self)
+    assert total - padding == expected and padding > 0
 
 
 @pytest.mark.slow
