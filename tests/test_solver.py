@@ -156,3 +156,17 @@ def test_dense_output_too_large_to_keep_falls_back_to_splines_through_the_output
     assert small.dense_range() == (0.0, 200.0)
     for t in (0.0, 3.3, 47.0, 199.0):
         np.testing.assert_allclose(small.at(t).flat(), full.at(t).flat(), rtol=2e-3, atol=1e-6)
+
+
+def test_budget_is_checked_inside_a_step():
+    """A step of RK45 takes six gradients: a budget spent in the middle of one stops the run
+    there (the last accepted step stands), not at the step's end."""
+    import warnings
+    import gradflow
+    from gradflow.presets import global_local
+    m = global_local(36, n_local=2, local_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sol = gradflow.solve(m, 100.0, integrator="RK45", max_nfev=4)
+    assert sol.status == -1 and "max_nfev" in sol.message and sol.t[-1] == 0.0
+    assert sol.nfev <= 4 + 1                  # the budget and the first measurement (was 2 + 6 + 1)

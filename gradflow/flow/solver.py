@@ -216,6 +216,7 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     _check_memory(n, OUTPUTS_PER_DECADE * 6 + 2 if t_max is None else candidates.size, solver_class)
     rtol = (RTOL_SMALL if n <= AUTO_LSODA_MAX else RTOL_LARGE) if rtol is None else positive_real("rtol", rtol)
     jac = _jacobian_function(reduction, method, solver_class, jacobian)
+    budget = Budget(max_nfev, max_wall_time, start=start)      # the wall time counts from solve's start
     field = FlowField(_evaluator(reduction, method, client), lambda y: State.from_flat(reduction, y), loss_rate)
     field.first = field.measure(y0.flat())
     loss0, rate0, _ = field.first
@@ -237,10 +238,10 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         t_bound = t_max
     extra = {} if jac is None else {"jac": jac}
     solver = solver_class(field, 0.0, y0.flat(), t_bound, rtol=rtol, atol=atol, **extra)
+    field.budget = budget           # from the first step on, checked at every gradient evaluation
     progress_bar = Progress(progress, t_max, max(1e-4 * abs(loss0 / rate0) if rate0 else 1e-6, 1e-12))
     try:
-        run = step(solver, field, y0.flat(), candidates, Budget(max_nfev, max_wall_time), convergence,
-                   progress_bar, t_max)
+        run = step(solver, field, y0.flat(), candidates, budget, convergence, progress_bar, t_max)
     finally:
         progress_bar.close()
     if t_max is None:         # the last six decades of the run, and its end

@@ -30,15 +30,20 @@ class FlowField:
     gradient pass computes with it (or None); ``rate(gradient) -> dL/dt``.
     """
 
-    def __init__(self, evaluate, state_from_flat, rate):
+    def __init__(self, evaluate, state_from_flat, rate, budget=None):
         self.evaluate = evaluate
         self.state_from_flat = state_from_flat
         self.rate = rate
-        self.nfev = 0
+        self.budget = budget        # checked before every evaluation: a step that estimates a
+        self.nfev = 0               # Jacobian (many evaluations) cannot overrun the wall time
         self.recent = []            # (t, y, loss, dL/dt, masses) since the last accepted step
         self.first = None           # (loss, dL/dt, masses) at t = 0
 
     def __call__(self, t, y):
+        if self.budget is not None:
+            why = self.budget.exceeded(self.nfev, t)
+            if why is not None:
+                raise BudgetExceeded(why)
         loss, grad, masses = self.evaluate(self.state_from_flat(y))
         self.nfev += 1
         rate = self.rate(grad)
@@ -109,6 +114,10 @@ class Convergence:
                 f"e-fold of time over the last decade (t |dL/dt| / L(0) = {s:.2g})")
 
 
+class BudgetExceeded(Exception):
+    """Raised inside an integrator step when the run's budget is spent (caught by ``step``)."""
+
+
 @dataclass
 class Budget:
     """Limits of a run: gradient evaluations and wall time (None: no limit)."""
@@ -121,7 +130,7 @@ class Budget:
         """Why the run must stop now, or None."""
         if self.max_nfev is not None and nfev >= self.max_nfev:
             return (f"stopped after {nfev} gradient evaluations (max_nfev) at t={t:g}: the flow may be stiff "
-                    f"here; try a shorter t_max, integrator='Radau' or a larger max_nfev")
+                    f"here; try integrator='Radau' or a larger max_nfev")
         elapsed = time.perf_counter() - self.start
         if self.max_wall_time is not None and elapsed >= self.max_wall_time:
             return f"stopped after {elapsed:.1f} s (max_wall_time={self.max_wall_time:g} s) at t={t:g}"
@@ -186,7 +195,11 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
     if field.first is not None:
         step_loss[0], step_rate[0], step_masses[0] = field.first
     while solver.status == "running":
-        step_message = solver.step()
+        try:
+            step_message = solver.step()
+        except BudgetExceeded as stop:          # mid-step: the last accepted step stands
+            status, message = -1, str(stop)
+            break
         if solver.status == "failed":
             status, message = -1, f"integration step failed at t={solver.t:g}: {step_message}"
             break
