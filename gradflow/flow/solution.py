@@ -254,51 +254,83 @@ class Solution:
     @classmethod
     def load(cls, path) -> "Solution":
         """Rebuild a Solution; ``at(t)`` interpolates the stored states with cubic Hermite
-        splines whose slopes are the flow's velocities at the stored times."""
-        ds = read_dataset(path, "solution", READS, variables=("A_classes", "B_classes", "B_self", "class_of", "loss"),
+        splines whose slopes are the flow's velocities at the stored times. A file without its
+        times, with times that are not finite and increasing, or with non-finite states is
+        refused (FileFormatError naming the file and what is wrong)."""
+        from ..io import read_dataset
+        ds = read_dataset(path, "solution", READS,
+                          variables=("time", "A_classes", "B_classes", "B_self", "class_of", "loss"),
                           attrs=("model", "method", "status", "message", "nfev", "wall_time", "resolution"))
-        return cls.from_xarray(ds, source=str(path))
+        return cls.from_xarray(ds, source=f"file {str(path)!r}")
 
     @classmethod
     def from_xarray(cls, ds: xr.Dataset, source: str = "dataset") -> "Solution":
-        model = DataModel.from_json(ds.attrs["model"], source)
-        reduction = signature_reduction(model) if ds.attrs["resolution"] == "signature" else position_reduction(model)
+        from ..io import attribute, coordinate, finite_variables
+        model = DataModel.from_json(attribute(ds, "model", str, source), source)
+        resolution = attribute(ds, "resolution", str, source)
+        if resolution not in ("signature", "position"):
+            raise FileFormatError(f"{source}: attribute 'resolution' must be 'signature' or 'position', "
+                                  f"got {resolution!r}")
+        reduction = signature_reduction(model) if resolution == "signature" else position_reduction(model)
+        for name in ("A_classes", "B_classes", "B_self", "class_of", "loss"):
+            if name not in ds.variables:
+                raise FileFormatError(f"{source} is not a complete gradflow solution: it lacks variable {name!r}")
         if not np.array_equal(reduction.class_of, ds["class_of"].values):
             raise FileFormatError(f"{source}: its classes do not match the stored model")
-        method = str(ds.attrs["method"])
-        t = ds["time"].values
-        states = State(reduction, ds["A_classes"].values, ds["B_classes"].values, ds["B_self"].values)
-        dense = StoredStatesInterpolant(t, states, method) if t.size > 1 else None
+        method = attribute(ds, "method", str, source, options=("exact", "meanfield"))
+        t = coordinate(ds, "time", source)
         target_name = "target_attention_classes" if "target_attention_classes" in ds else "area_attention_classes"
-        step_t = ds["step"].values if "step" in ds.coords else None
+        finite_variables(ds, ("A_classes", "B_classes", "B_self", target_name, "step_unmasked_by_area", "step_masked"),
+                         source)
+        try:
+            states = State(reduction, ds["A_classes"].values, ds["B_classes"].values, ds["B_self"].values)
+        except InvalidInputError as exc:
+            raise FileFormatError(f"{source}: its state does not fit its model: {exc}") from None
+        dense = StoredStatesInterpolant(t, states, method) if t.size > 1 else None
+        step_t = None
+        if any(name in ds for name in ("step_loss", "step_unmasked_by_area", "step_masked")):
+            step_t = coordinate(ds, "step", source)
         step_masses = None
         if "step_unmasked_by_area" in ds:
             step_masses = AreaMasses(ds["step_unmasked_by_area"].values, ds["step_masked"].values, reduction)
-        return cls(t=t, states=states, model=model, method=method, status=int(ds.attrs["status"]),
-                   message=str(ds.attrs["message"]), nfev=int(ds.attrs["nfev"]),
-                   wall_time=float(ds.attrs["wall_time"]), _dense=dense, _loss=ds["loss"].values,
-                   integrator=str(ds.attrs.get("integrator", "")),
+        return cls(t=t, states=states, model=model, method=method, status=attribute(ds, "status", int, source),
+                   message=attribute(ds, "message", str, source), nfev=attribute(ds, "nfev", int, source),
+                   wall_time=attribute(ds, "wall_time", float, source), _dense=dense, _loss=ds["loss"].values,
+                   integrator=attribute(ds, "integrator", str, source, default=""),
                    _target_classes=ds[target_name].values if target_name in ds else None, step_t=step_t,
                    step_loss=ds["step_loss"].values if "step_loss" in ds else None, step_masses=step_masses)
 
 
 class StoredStatesInterpolant:
-    """A loaded solution's dense output: cubic Hermite splines through the stored states whose
-    slopes are the flow's velocities there, computed on the first call (one gradient per stored
-    time), not on loading."""
+    """Dense output through stored states (a loaded solution, or a run whose integrator output was
+    too large to keep): on each interval between stored times, the cubic Hermite polynomial whose
+    end slopes are the flow's velocities there. A velocity costs one gradient; only those of the
+    intervals asked for are computed, once each."""
 
     def __init__(self, t: np.ndarray, states: State, method: str):
-        self.t, self.states, self.method = t, states, method
+        self.t, self.states, self.method = np.asarray(t, dtype=np.float64), states, method
         self.t_min = float(t[0])
-        self._spline = None
+        self._velocity = {}
+
+    def velocity(self, i: int) -> np.ndarray:
+        if i not in self._velocity:
+            self._velocity[i] = -loss_and_gradient(self.states[i], self.method)[1].flat()
+        return self._velocity[i]
 
     def __call__(self, t):
-        if self._spline is None:
-            from scipy.interpolate import CubicHermiteSpline
-            velocities = np.stack([-loss_and_gradient(self.states[i], self.method)[1].flat()
-                                   for i in range(self.t.size)])
-            self._spline = CubicHermiteSpline(self.t, self.states.flat(), velocities, axis=0)
-        return self._spline(t)
+        t = float(t)
+        i = int(np.clip(np.searchsorted(self.t, t, side="right") - 1, 0, self.t.size - 2))
+        t0, t1 = self.t[i], self.t[i + 1]
+        y0, y1 = self.states.flat()[i], self.states.flat()[i + 1]
+        if t == t0:
+            return y0.copy()
+        if t == t1:
+            return y1.copy()
+        h = t1 - t0
+        x = (t - t0) / h
+        h00, h10, h01, h11 = (2 * x ** 3 - 3 * x ** 2 + 1, x ** 3 - 2 * x ** 2 + x, -2 * x ** 3 + 3 * x ** 2,
+                              x ** 3 - x ** 2)
+        return h00 * y0 + h10 * h * self.velocity(i) + h01 * y1 + h11 * h * self.velocity(i + 1)
 
 
 class PerPosition:
