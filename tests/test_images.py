@@ -352,13 +352,13 @@ def test_saved_flow_redraws_without_solving(small_flow, tmp_path):
     assert np.all(other.query == 0) and not np.allclose(other.query_attention[:, -1], loaded.query_attention[:, -1])
 
 
-def test_default_mean_field_path_at_vit_grid(shipped, tmp_path):
-    """The default path (14 x 14 patches, 8 areas, mean-field flow, exact observables): the drawn
-    maps are the exact expected attention of the flow's state at the drawn times, and each
+def test_mean_field_path_at_the_vit_grid(shipped, tmp_path):
+    """The ViT grid (14 x 14 patches, 8 areas) with a mean-field flow and exact observables: the
+    drawn maps are the exact expected attention of the flow's state at the drawn times, and each
     area's curve ends at its final own-area attention / ceiling."""
     from gradflow.figures.images import draw_images
     from gradflow.theory.population import attention_maps
-    flow = image_flow({n: shipped[n] for n in ("rocket", "camera")}, t_max=3000.0)
+    flow = image_flow({n: shipped[n] for n in ("rocket", "camera")}, t_max=3000.0, method="meanfield")
     assert flow.solution.method == "meanfield" and flow.model.grid == (14, 14)
     res = draw_images(flow, tmp_path / "new" / "folder")      # the folder is made
     for k, name in enumerate(flow.names):
@@ -436,7 +436,7 @@ def test_images_command_and_redraw(tmp_path, capsys):
 def test_sixteen_photographs_at_full_size():
     """16 photographs, 14 x 14 patches, 8 areas, mean field: every label map valid, 128 areas."""
     images = sample_images()
-    flow = image_flow(images, t_max=2000.0)
+    flow = image_flow(images, t_max=2000.0, method="meanfield")
     assert flow.solution.status == 0 and flow.model.n_clusters == 16
     for k in range(16):
         assert_valid_labels(flow.labels(k), (14, 14), 8, min_area=2)
