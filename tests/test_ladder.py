@@ -75,11 +75,45 @@ def test_a_changed_t3_t2_ratio_is_flagged():
     assert "edge" in one_time_scale(edge, np.nan, 6.0)[1]
 
 
+def test_phases_verdict_tells_a_violated_order_from_a_run_that_ends_early():
+    nan = np.nan
+    assert lad.phases_verdict(10.0, 20.0, 30.0) is True
+    assert lad.phases_verdict(10.0, 20.0, nan) is None           # T3 lies beyond the run
+    assert lad.phases_verdict(10.0, nan, nan) is None
+    assert lad.phases_verdict(nan, nan, nan) is None
+    assert lad.phases_verdict(20.0, 10.0, 30.0) is False         # two reached phases out of order
+    assert lad.phases_verdict(20.0, 10.0, nan) is False
+    assert lad.phases_verdict(nan, 10.0, 30.0) is False          # T2 reached, T1 only after the run
+    assert lad.phases_verdict(10.0, nan, 30.0) is False
+    assert lad.combined_verdict([True, None]) is None and lad.combined_verdict([True, True]) is True
+    assert lad.combined_verdict([None, False, True]) is False and lad.combined_verdict([]) is None
+    assert lad._phases_cell(None, "1/2") == "not reached within the run (1/2)"
+    assert lad._phases_cell(False, "0/2") == "**no** (0/2)"
+
+
+def test_a_time_scale_past_the_flow_s_settling_is_undetermined():
+    """The rung's first record lands, at the fitted c, where the flow no longer moves: any
+    larger c fits too. So does a rung that crossed every level before its first record."""
+    assert lad.time_scale_undetermined(2.0, 10.0, (5.0, 8.0, 30.0), settled=500.0) == ""
+    why = lad.time_scale_undetermined(100.0, 10.0, (5.0, 8.0, 30.0), settled=500.0)
+    assert why.startswith("c undetermined") and "settled" in why
+    why = lad.time_scale_undetermined(1.0, 1e4, (5000.0, 4935.0, 9630.0), settled=2e4)
+    assert "before the first record" in why
+    fit = TimeScaleFit(c=1010.0, rms=0.003, max_deviation=0.008, max_deviation_unscaled=0.01, at_edge=False)
+    assert one_time_scale(fit, 2.0, 6.5, undetermined=why) == (None, why)
+    # the settling time of a flow table: the first time from which its traces stay within tolerance
+    t = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    y = np.array([[0.0], [0.5], [0.995], [0.998], [1.0]])
+    tr = lad.Traces(t, y, y, y, np.ones((1, 1)))
+    table = lad.FlowTable("x", global_local(16, n_local=2), "exact", tr, 4.0, True, {})
+    assert table.settled == 2.0 and table([10.0])[0, 0] == 1.0      # held at its last value past the horizon
+
+
 def test_the_registry():
     names = rung_names()
     assert names[0] == "model" and {"factorized", "learned-value", "heads4", "layernorm", "depth2", "adam",
                                      "gaussian"} <= set(names)
-    assert "mae-pixels" not in names
+    assert names[-1] == "mae-pixels" and lad.RUNGS["mae-pixels"].data_options      # the top rung, own data
     with pytest.raises(ValueError, match="did you mean 'adam'"):
         resolve_rungs("model,adma")
     with pytest.raises(ValueError, match="repeat"):
@@ -151,24 +185,35 @@ def test_ladder_report_divergence_and_rerun(tmp_path, local_client):
     pytest.importorskip("torch")
     model = global_local(16, n_local=2, local_size=4, mask_ratio=0.5)
     boom = Rung("boom", "a learned value at a step that diverges", dict(value="learned"), lr_scale=1e4)
+    # the model's own transformer at a huge step: bounded, so it does not diverge, but its first
+    # record is already where the flow has settled
+    leap = Rung("leap", "the model at lr x 1e4", lr_scale=1e4)
     kw = dict(seeds=2, steps=60, lr=0.5, batch_size=32, n_records=12, eval_size=128, out=tmp_path,
               client=local_client, progress=False)
-    res = lad.ladder(model, ["model", "factorized", boom], **kw)
+    res = lad.ladder(model, ["model", "factorized", boom, leap], **kw)
     rows = json.loads((tmp_path / "report.json").read_text())
-    assert [r["rung"] for r in rows] == ["model", "factorized", "boom"]
+    assert [r["rung"] for r in rows] == ["model", "factorized", "boom", "leap"]
     for row in rows:
         assert {"rung", "phases_ordered", "area_wide", "max_deviation", "time_scale"} <= set(row)
-    model_row, fact_row, boom_row = rows
+    model_row, fact_row, boom_row, leap_row = rows
     assert model_row["finished"] == 2 and model_row["max_deviation"] < 0.1
     assert model_row["time_scale"] == pytest.approx(1.0, abs=0.15)      # the model runs on the flow's clock
     assert fact_row["time_scale"] > 1.5 * model_row["time_scale"]      # factorized runs ahead of the flow
     assert boom_row["finished"] == 0 and boom_row["diverged"] == 2 and "diverged" in boom_row["note"]
+    # at t = 30 the model has decoupled and grown its target, but not reached T3: not a violation
+    assert np.isfinite(model_row["T2"]) and model_row["T3"] is None
+    assert model_row["phases_ordered"] is None and model_row["phases_not_reached"] == 2
+    assert res.flow_row["horizon"] == 30.0 and res.flow_row["phases_ordered"] is None      # the same horizon
+    assert leap_row["finished"] == 2 and leap_row["single_time_scale"] is None
+    assert leap_row["time_scale_note"].startswith("c undetermined")
     text = (tmp_path / "report.md").read_text()
-    assert "0/2 finished" in text and "| model |" in text
+    assert "0/2 finished" in text and "| model |" in text and "| model | not reached within the run (0/2) |" in text
+    assert "*flow* (exact, to t = 30)" in text and "not reached by t = 30" in text
     assert (tmp_path / "ladder.png").stat().st_size > 10_000
-    assert len(list((tmp_path / "runs").glob("*.nc"))) == 6
-    again = lad.ladder(model, ["model", "factorized", boom], **kw)
-    assert again.computed == 0 and again.rows[0]["time_scale"] == res.rows[0]["time_scale"]
+    assert len(list((tmp_path / "runs").glob("*.nc"))) == 8
+    again = lad.ladder(model, ["model", "factorized", boom, leap], **kw)
+    assert again.computed == 0 and again.skipped == 8 and again.rows[0]["time_scale"] == res.rows[0]["time_scale"]
+    assert again.runs_line(tmp_path / "runs") == f"8 runs: 0 trained now, 8 skipped (already in {tmp_path / 'runs'})"
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def test_divergence_is_stopped_and_reported(small):
 @pytest.mark.parametrize("kw, field", [
     (dict(attention="fused"), "attention"), (dict(value="zero"), "value"), (dict(heads=0), "heads"),
     (dict(depth=1.5), "depth"), (dict(layernorm="yes"), "layernorm"), (dict(embedding="random"), "embedding"),
-    (dict(optimizer="sgdm"), "optimizer"), (dict(dim=3), "d must be"), (dict(init_scale=-1.0), "init_scale"),
+    (dict(optimizer="sgdm"), "optimizer"), (dict(dim=3), r"dim must be an integer >= F \+ P = 19"), (dict(init_scale=-1.0), "init_scale"),
     (dict(attention="factorized", init_scale=0.0), "saddle"), (dict(record_steps=[5, 99]), "record_steps"),
     (dict(dtype="half"), "dtype"), (dict(eval_size=0), "eval_size"), (dict(lr=0.0), "lr"),
     (dict(device="warp-drive"), "device"),
@@ -171,9 +171,31 @@ def test_bad_options(small, kw, field):
 
 
 def test_top_level_wrapper_is_the_trainer(small):
-    a = gradflow.train_torch(small, steps=5, lr=0.1, batch_size=4, record_every=5, eval_size=16, seed=3)
-    b = train_torch(small, steps=5, lr=0.1, batch_size=4, record_every=5, eval_size=16, seed=3)
+    import inspect
+    a = gradflow.train_torch(small, steps=5, lr=0.1, batch_size=4, record_every=5, eval_size=16, seed=3,
+                             attention="factorized", init_scale=0.2)
+    b = train_torch(small, steps=5, lr=0.1, batch_size=4, record_every=5, eval_size=16, seed=3,
+                    attention="factorized", init_scale=0.2)
     np.testing.assert_array_equal(a.Q, b.Q)
+    # the wrapper shows the trainer's keywords and defaults (it is torch-free until called)
+    wrapper, trainer = inspect.signature(gradflow.train_torch), inspect.signature(train_torch)
+    assert list(wrapper.parameters) == list(trainer.parameters)
+    assert {"attention", "value", "heads", "layernorm", "depth", "embedding", "dim", "optimizer"} <= set(wrapper.parameters)
+    for name, par in wrapper.parameters.items():
+        assert par.default == trainer.parameters[name].default and par.kind == trainer.parameters[name].kind, name
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        gradflow.train_torch(small, steps=1, lr=0.1, atention="merged")
+
+
+def test_steps_per_second_of_both_trainers(small):
+    """Both trainers take the same steps; the function returns a positive finite rate for each
+    (no timing is asserted), and refuses an unknown trainer."""
+    from gradflow.analysis.ladder import steps_per_second
+    rates = steps_per_second(small, steps=3, batch_size=8, warmup=1)
+    assert set(rates) == {"numba", "torch"} and all(np.isfinite(v) and v > 0 for v in rates.values())
+    assert set(steps_per_second(small, steps=2, batch_size=8, which="torch")) == {"torch"}
+    with pytest.raises(ValueError, match="which"):
+        steps_per_second(small, steps=2, which=("numba", "jax"))
 
 
 @pytest.mark.slow

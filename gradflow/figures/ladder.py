@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.ladder import LADDER_FLOW
 from .style import (
     PALETTE,
     STYLE,
@@ -23,8 +24,8 @@ from .style import (
 GROUP_COLORS = {"local": PALETTE["blue"], "global": PALETTE["vermillion"], "all": PALETTE["blue"]}
 
 
-def _mark(flag) -> str:
-    return "-" if flag is None else ("yes" if flag else "NO")
+def _mark(flag, none: str = "-") -> str:
+    return none if flag is None else ("yes" if flag else "NO")
 
 
 def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
@@ -54,10 +55,13 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
             keep = rung.t > 0
             t_scaled = c * rung.t[keep]
             lo_x, hi_x = 0.5 * t_scaled.min(), 1.5 * t_scaled.max()
-            in_view = (result.flow_t >= lo_x) & (result.flow_t <= hi_x)
-            for g, group in enumerate(result.groups):
+            flow = result.flows[rung.flow]               # the flow of the rung's own data model
+            if not scaled:                               # nothing to align: show the flow's whole course
+                lo_x, hi_x = min(lo_x, max(flow.t[1], 1e-3 * flow.settled)), max(hi_x, 2.0 * flow.settled)
+            in_view = (flow.t >= lo_x) & (flow.t <= hi_x)
+            for g, group in enumerate(flow.groups):
                 color = GROUP_COLORS[group]
-                ax.plot(result.flow_t[in_view], result.flow_target[in_view, g], "-", color=color, lw=1.3)
+                ax.plot(flow.t[in_view], flow.target[in_view, g], "-", color=color, lw=1.3)
                 ax.fill_between(t_scaled, rung.low[keep, g], rung.high[keep, g], color=color, alpha=0.25, lw=0)
                 ax.plot(t_scaled, rung.mean[keep, g], "o", ms=2.2, color=color)
                 if abs(math.log(c)) > math.log(1.1):
@@ -68,8 +72,9 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
             ax.set_ylim(-0.02, 1.02)
             head = (f"c = {c:.3g}, max dev {row['max_deviation']:.2f}" if scaled
                     else "no time scale (drawn at c = 1)")
-            ax.set_title(f"{row['rung']}: {head}\n"
-                         f"phases {_mark(row['phases_ordered'])}, area-wide {_mark(row['area_wide'])}, "
+            own = "" if rung.flow == LADDER_FLOW else " (vs its data's flow)"
+            ax.set_title(f"{row['rung']}{own}: {head}\n"
+                         f"phases {_mark(row['phases_ordered'], 'not reached')}, area-wide {_mark(row['area_wide'])}, "
                          f"one time scale {_mark(row['single_time_scale'])}", fontsize=7.5)
             data[row["rung"]] = {"t_scaled": t_scaled, "mean": rung.mean[keep]}
         for ax in axes[len(rungs):]:
@@ -80,12 +85,13 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
             last = max(i for i in range(col, len(rungs), ncols))
             axes[last].set_xlabel("flow time (rung: c x lr x step)")
         from matplotlib.lines import Line2D
-        handles = [Line2D([], [], color=GROUP_COLORS[g], lw=1.3, label=f"flow, {g} queries") for g in result.groups]
+        groups = list(dict.fromkeys(g for flow in result.flows.values() for g in flow.groups))
+        handles = [Line2D([], [], color=GROUP_COLORS[g], lw=1.3, label=f"flow, {g} queries") for g in groups]
         handles += [Line2D([], [], color="grey", marker="o", ls="", ms=3,
                            label=f"rung at c t: mean and band over {seeds_label(result.settings['seeds'])}"),
                     Line2D([], [], color="grey", ls=":", lw=0.8, label="rung unscaled (c = 1)")]
         fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=7)
-        m = result.model
+        m = result.flows[LADDER_FLOW].model if LADDER_FLOW in result.flows else next(iter(result.flows.values())).model
         fig.suptitle(f"Does the theory hold beyond its model? {m.n_patches} patches, gamma = {m.mask_ratio}, "
                      f"{result.settings['steps']} steps per run", fontsize=9)
         return save_figure(fig, out_dir, name, data)

@@ -3,24 +3,29 @@ of realistic transformers, and their records.
 
 ``sampling`` draws minibatches, ``transformer`` is the forward and backward pass, ``sgd`` the
 training loop, ``checkpoint`` its resumable state, ``run`` the ``TrainRun`` record.
-``pytorch`` holds :func:`train_torch`; it is the only module that imports torch, and it is
-imported only when ``train_torch`` is called (the optional extra ``gradflow[torch]``).
+``pytorch`` holds :func:`train_torch` and the MAE on pixel patches; it is the only module that
+imports torch, and it is imported only when a PyTorch trainer is called (the optional extra
+``gradflow[torch]``). ``mae`` prepares the MAE's images and patches (no torch) and holds
+:func:`train_mae`.
 """
+from .mae import train_mae
 from .run import TrainRun
 from .sgd import train_transformer
 
 
-def train_torch(model, **options) -> TrainRun:
-    """Train a PyTorch transformer on the model's data; see :func:`gradflow.training.pytorch.train_torch`.
+def train_torch(model, *, steps: int, lr: float, batch_size: int = 256, seed: int = 0, attention: str = "merged",
+                value: str = "identity", heads: int = 1, layernorm: bool = False, depth: int = 1,
+                embedding: str = "orthonormal", dim: int | None = None, optimizer: str = "sgd",
+                init_scale: float | None = None, record_every: int = 100, record_steps=None, eval_size: int = 2048,
+                dtype: str = "float64", device=None, progress=None) -> TrainRun:
+    """Train a PyTorch transformer on the model's data; the parameters are those of
+    :func:`gradflow.training.pytorch.train_torch`.
 
-    ``train_torch(model, *, steps, lr, batch_size=256, seed=0, attention="merged"|"factorized",
-    value="identity"|"learned", heads=1, layernorm=False, depth=1, embedding="orthonormal"|
-    "gaussian", dim=None, optimizer="sgd"|"adam", init_scale=None, record_every=100,
-    record_steps=None, eval_size=2048, dtype="float64", device=None, progress=None)``.
     With the defaults it is the transformer of docs/model.md section 2 (the bottom rung of
     ``gradflow ladder``); each option departs from it in one respect. Returns a ``TrainRun``.
     Needs PyTorch (``pip install 'gradflow[torch]'``); torch is imported on the first call.
     """
+    options = dict(locals())               # exactly the parameters above, passed on unchanged
     try:
         from .pytorch import train_torch as _train_torch
     except ModuleNotFoundError as exc:
@@ -28,7 +33,7 @@ def train_torch(model, **options) -> TrainRun:
             raise
         raise ModuleNotFoundError("gradflow.train_torch needs PyTorch: pip install 'gradflow[torch]' "
                                   "(a CPU build is enough)", name="torch") from None
-    return _train_torch(model, **options)
+    return _train_torch(**options)
 
 
-__all__ = ["TrainRun", "train_torch", "train_transformer"]
+__all__ = ["TrainRun", "train_mae", "train_torch", "train_transformer"]

@@ -51,6 +51,11 @@ keys of each area), ``masked_mass`` and ``eval_loss``. Where the correlations of
 section 3 are the network's (one head, one layer, no LayerNorm, identity value, orthonormal
 embeddings; merged or factorized Q with Q = W_Q^T W_K), the run also records A = E^T Q V,
 B = E^T Q E and the exact expected ``target_attention`` of that state.
+
+Also here: :class:`PatchMAE` and :func:`train_patch_mae`, the MAE on pixel patches of real
+images of the ladder's top rung (its data: :mod:`gradflow.training.mae`; the same sampling,
+records, optimisers and divergence handling as ``train_torch``), and :func:`seconds_per_step`,
+the bare SGD step of the bottom rung that ``gradflow.analysis.ladder.steps_per_second`` times.
 """
 from __future__ import annotations
 
@@ -64,6 +69,7 @@ import torch
 from .._validate import (
     choice,
     instance,
+    is_int,
     is_real,
     nonnegative_int,
     positive_int,
@@ -75,7 +81,7 @@ from ..model import DataModel
 from ..theory.population import target_attention_at
 from .run import TrainRun
 from .sampling import BatchSampler
-from .sgd import _progress_bar, check_width
+from .sgd import _progress_bar
 from .transformer import make_embeddings
 
 ATTENTIONS = ("merged", "factorized")
@@ -225,8 +231,10 @@ class Transformer(torch.nn.Module):
         return self._loss((r * r).sum(dim=-1), batch), self._head_mean(w)
 
 
-def _measure(net: Transformer, model: DataModel, eval_data, device, dtype):
-    """(attention_by_area (K, P, N), masked_mass (K, P), eval loss) on the evaluation batch."""
+def _measure(net, model: DataModel, eval_data, make_batch, device):
+    """(attention_by_area (K, P, N), masked_mass (K, P), eval loss) on the evaluation batch
+    (fq, z, vis); ``make_batch(fq, z, vis)`` turns a chunk of it into the network's input, which
+    has ``fq``, ``vis`` and ``query`` tensors (b, P) like :class:`Batch`."""
     fq, z, vis = eval_data
     K, P = model.n_clusters, model.n_patches
     n_areas = max(cl.n_areas for cl in model.clusters)
@@ -239,8 +247,9 @@ def _measure(net: Transformer, model: DataModel, eval_data, device, dtype):
     with torch.no_grad():
         for start in range(0, fq.shape[0], EVAL_CHUNK):
             sl = slice(start, start + EVAL_CHUNK)
-            batch = Batch(fq[sl], z[sl], vis[sl], model.n_features, device, dtype)
+            batch = make_batch(fq[sl], z[sl], vis[sl])
             loss, w = net(batch)
+            dtype = w.dtype
             total += float(loss) * len(batch)
             area = torch.nn.functional.one_hot(feature_area[batch.fq], n_areas).to(dtype)   # (b, P, N) key areas
             q = batch.query                                                               # masked queries
@@ -341,26 +350,23 @@ def train_torch(model: DataModel, *, steps: int, lr: float, batch_size: int = 25
         records stop at the last finite record.
     """
     instance("model", model, DataModel)
-    steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
-    lr, seed = positive_real("lr", lr), nonnegative_int("seed", seed)
+    steps, lr, batch_size, seed, record_every, eval_size = _common_options(
+        steps, lr, batch_size, seed, optimizer, dtype, record_every, eval_size)
     choice("attention", attention, ATTENTIONS)
     choice("value", value, VALUES)
     choice("embedding", embedding, EMBEDDINGS)
-    choice("optimizer", optimizer, OPTIMIZERS)
-    choice("dtype", dtype, DTYPES)
     heads, depth = positive_int("heads", heads), positive_int("depth", depth)
     if not isinstance(layernorm, (bool, np.bool_)):
         raise InvalidInputError(f"layernorm must be True or False, got {layernorm!r}")
-    record_every, eval_size = positive_int("record_every", record_every), positive_int("eval_size", eval_size)
-    d = check_width(model, dim)
-    if init_scale is None:
-        init_scale = 0.0 if (attention == "merged" and heads == 1) else 1.0 / math.sqrt(d)
-    elif not is_real(init_scale):
-        raise InvalidInputError(f"init_scale must be a finite real number >= 0 or None, got {init_scale!r}")
-    init_scale = real("init_scale", init_scale, low=0.0)
-    if attention == "factorized" and init_scale == 0.0:
-        raise InvalidInputError("init_scale must be > 0 with attention='factorized': W_Q = W_K = 0 is a saddle "
-                                "point where every gradient vanishes")
+    d_min = model.n_features + model.n_patches
+    if dim is None:
+        d = d_min
+    elif is_int(dim) and dim >= d_min:
+        d = int(dim)
+    else:
+        raise InvalidInputError(f"dim must be an integer >= F + P = {d_min} (the width that holds the data's "
+                                f"embeddings), got {dim!r}")
+    init_scale = _init_scale(init_scale, attention, heads, d)
     grid = _record_steps(steps, record_every, record_steps)
     dev, tdtype = _device(device), DTYPES[dtype]
     architecture = {"trainer": "torch", "attention": attention, "value": value, "heads": heads,
@@ -376,19 +382,16 @@ def train_torch(model: DataModel, *, steps: int, lr: float, batch_size: int = 25
     net = Transformer(E, V, attention=attention, value=value, heads=heads, layernorm=bool(layernorm), depth=depth,
                       init_scale=init_scale, score_init=score_init, rng=np.random.default_rng([seed, 1]),
                       dtype=tdtype, device=dev)
-    opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(net.parameters(), lr=lr)
     sampler = BatchSampler(model)
     eval_data = sampler.sample(np.random.default_rng([seed, 2]), eval_size)
+
+    def make_batch(fq, z, vis):
+        return Batch(fq, z, vis, model.n_features, dev, tdtype)
 
     rec = {key: [] for key in ("step", "loss", "A", "B", "att", "by_area", "masked", "eval_loss")}
 
     def record(step, loss_mean):
-        by_area, masked, eval_loss = _measure(net, model, eval_data, dev, tdtype)
-        rec["step"].append(step)
-        rec["loss"].append(loss_mean)
-        rec["by_area"].append(by_area)
-        rec["masked"].append(masked)
-        rec["eval_loss"].append(eval_loss)
+        by_area = _record_measured(rec, net, model, eval_data, make_batch, dev, step, loss_mean)
         if exact:
             Q = net.effective_Q()
             A, B = E.T @ Q @ V, E.T @ Q @ E
@@ -396,38 +399,10 @@ def train_torch(model: DataModel, *, steps: int, lr: float, batch_size: int = 25
             rec["B"].append(B)
             rec["att"].append(target_attention_at(model, A, B))
         else:
-            own = np.stack([model.clusters[k].areas for k in range(model.n_clusters)])        # (K, P)
-            rec["att"].append(np.take_along_axis(by_area, own[..., None], axis=2)[..., 0])
+            rec["att"].append(own_area_mass(model, by_area))
 
-    record(0, np.nan)
-    status, message = 0, "finished"
-    acc, n_acc, step, next_rec = 0.0, 0, 0, 1
-    bar = _progress_bar(progress, steps, 0)
-    try:
-        while step < steps:
-            batch = Batch(*sampler.sample(rng, batch_size), model.n_features, dev, tdtype)
-            loss, _ = net(batch)
-            value_now = float(loss.detach())
-            if not math.isfinite(value_now):
-                status = -1
-                message = (f"diverged at step {step + 1}: the batch loss is {value_now!r}; lower lr "
-                           f"(now {lr:g}); the records stop at step {rec['step'][-1]}")
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            acc, n_acc = acc + value_now, n_acc + 1
-            if bar is not None:
-                bar.update(1)
-            if step == grid[next_rec]:
-                record(step, acc / n_acc)
-                acc, n_acc, next_rec = 0.0, 0, next_rec + 1
-    finally:
-        if bar is not None:
-            bar.close()
-    if status < 0:
-        warnings.warn(f"gradflow.train_torch: {message}", RuntimeWarning, stacklevel=3)   # past the lazy wrapper
+    status, message = _optimise(net, _optimiser(net, optimizer, lr), lambda: make_batch(*sampler.sample(rng, batch_size)),
+                                record, steps=steps, grid=grid, lr=lr, progress=progress)
     steps_rec = np.array(rec["step"])
     return TrainRun(
         t=lr * steps_rec.astype(np.float64), step=steps_rec, A=np.array(rec["A"]) if exact else None,
@@ -437,3 +412,282 @@ def train_torch(model: DataModel, *, steps: int, lr: float, batch_size: int = 25
         record_every=int(record_every) if record_steps is None else 0, wall_time=time.perf_counter() - start,
         status=status, message=message, attention_by_area=np.array(rec["by_area"]),
         masked_mass=np.array(rec["masked"]), eval_loss=np.array(rec["eval_loss"]), architecture=architecture)
+
+
+# ---- shared by train_torch and train_patch_mae -------------------------------------------------
+def _common_options(steps, lr, batch_size, seed, optimizer, dtype, record_every, eval_size):
+    """The validated (steps, lr, batch_size, seed, record_every, eval_size)."""
+    steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
+    lr, seed = positive_real("lr", lr), nonnegative_int("seed", seed)
+    choice("optimizer", optimizer, OPTIMIZERS)
+    choice("dtype", dtype, DTYPES)
+    record_every, eval_size = positive_int("record_every", record_every), positive_int("eval_size", eval_size)
+    return steps, lr, batch_size, seed, record_every, eval_size
+
+
+def _init_scale(init_scale, attention: str, heads: int, d: int) -> float:
+    """The score parameters' initial standard deviation: default 0 for one merged head (the
+    flow's Q(0) = 0), 1/sqrt(d) otherwise; 0 refused for a factorised Q (a saddle)."""
+    if init_scale is None:
+        init_scale = 0.0 if (attention == "merged" and heads == 1) else 1.0 / math.sqrt(d)
+    elif not is_real(init_scale):
+        raise InvalidInputError(f"init_scale must be a finite real number >= 0 or None, got {init_scale!r}")
+    init_scale = real("init_scale", init_scale, low=0.0)
+    if attention == "factorized" and init_scale == 0.0:
+        raise InvalidInputError("init_scale must be > 0 with attention='factorized': W_Q = W_K = 0 is a saddle "
+                                "point where every gradient vanishes")
+    return init_scale
+
+
+def _optimiser(params, optimizer: str, lr: float):
+    """Plain SGD or Adam (torch's defaults) on a module's parameters or on parameter groups."""
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    return (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(params, lr=lr)
+
+
+def own_area_mass(model: DataModel, by_area: np.ndarray) -> np.ndarray:
+    """(K, P) the measured mass of every masked query on the unmasked keys of its own area."""
+    own = np.stack([model.clusters[k].areas for k in range(model.n_clusters)])        # (K, P)
+    return np.take_along_axis(by_area, own[..., None], axis=2)[..., 0]
+
+
+def _record_measured(rec: dict, net, model, eval_data, make_batch, device, step: int, loss_mean: float):
+    """Append the measured observables of a record to ``rec``; returns its attention by area."""
+    by_area, masked, eval_loss = _measure(net, model, eval_data, make_batch, device)
+    rec["step"].append(step)
+    rec["loss"].append(loss_mean)
+    rec["by_area"].append(by_area)
+    rec["masked"].append(masked)
+    rec["eval_loss"].append(eval_loss)
+    return by_area
+
+
+def _step(net, opt, batch) -> float:
+    """One optimiser step on a batch; returns its loss (no step is taken when it is not finite)."""
+    loss, _ = net(batch)
+    value = float(loss.detach())
+    if math.isfinite(value):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return value
+
+
+def _optimise(net, opt, draw, record, *, steps: int, grid: np.ndarray, lr: float, progress,
+              who: str = "gradflow.train_torch") -> tuple[int, str]:
+    """Optimiser steps on batches ``draw()`` until ``steps``, ``record(step, mean batch loss since
+    the previous record)`` at step 0 and the steps of ``grid``; (status, message). A batch loss
+    that is not finite stops the run (status -1, a RuntimeWarning)."""
+    record(0, np.nan)
+    status, message = 0, "finished"
+    acc, n_acc, step, next_rec, last = 0.0, 0, 0, 1, 0
+    bar = _progress_bar(progress, steps, 0)
+    try:
+        while step < steps:
+            value_now = _step(net, opt, draw())
+            if not math.isfinite(value_now):
+                status = -1
+                message = (f"diverged at step {step + 1}: the batch loss is {value_now!r}; lower lr "
+                           f"(now {lr:g}); the records stop at step {last}")
+                break
+            step += 1
+            acc, n_acc = acc + value_now, n_acc + 1
+            if bar is not None:
+                bar.update(1)
+            if step == grid[next_rec]:
+                record(step, acc / n_acc)
+                acc, n_acc, next_rec, last = 0.0, 0, next_rec + 1, step
+    finally:
+        if bar is not None:
+            bar.close()
+    if status < 0:
+        warnings.warn(f"{who}: {message}", RuntimeWarning, stacklevel=4)   # past the public trainer
+    return status, message
+
+
+# ---- the MAE on pixel patches (the ladder's top rung) -------------------------------------------
+class PixelBatch:
+    """A minibatch of the MAE: ``fq``, ``vis``, ``query`` (b, P) as in :class:`Batch` (the data
+    model's features, unmasked, masked), ``image`` (b,) the image of every sample and ``x``
+    (b, P, D) its patch contents."""
+
+    def __init__(self, fq, vis, contents: torch.Tensor, image_of_feature: torch.Tensor, device, dtype):
+        self.fq = torch.as_tensor(fq, device=device)
+        self.vis = torch.as_tensor(vis, device=device, dtype=dtype)
+        self.query = 1.0 - self.vis
+        self.image = image_of_feature[self.fq[:, 0]]
+        self.x = contents[self.image]
+
+    def __len__(self) -> int:
+        return self.fq.shape[0]
+
+
+class PatchMAE(torch.nn.Module):
+    """One-layer masked autoencoder on pixel patches (docs/model.md section 6).
+
+    * **Tokens.** h_q = pos_q + 1{q unmasked} (W_e x_q + b_e) + 1{q masked} m: a learned
+      positional embedding pos_q in R^d (N(0, 1/d) entries at t = 0, norm ~1 like the model's
+      orthonormal positions), a learned linear patch embedding W_e (d x D, N(0, 1/D) entries),
+      b_e (0 at t = 0) of the pixel content x_q in R^D, and with ``mask_token=True`` a learned
+      mask token m (0 at t = 0; without it a masked token is its position, as in the model).
+    * **Scores.** A masked query p scores key q as s_pq = (pos_p + m)^T Q h_q, every patch a key
+      (itself and the other masked ones included); merged Q (d x d, N(0, init_scale^2), default
+      0: the flow's start) or factorised Q = W_Q^T W_K (d x d each, default N(0, 1/d)).
+    * **Value.** The key's embedded content v_q = h_q - pos_q (the model's identity value, in
+      the embedding): 1{q unmasked} (W_e x_q + b_e) + 1{q masked} m.
+    * **Output.** yhat_p = W_d sum_q w_pq v_q + b_d: a learned linear decoder back to pixels,
+      W_d (D x d, N(0, 1/d) entries), b_d (0 at t = 0).
+    * **Loss.** The mean over samples of 1/2 sum over masked p of ||yhat_p - x_p||^2: docs/model.md
+      section 2 with the pixel contents x_p in place of z_q v_f.
+    """
+
+    def __init__(self, n_positions: int, n_pixels: int, d: int, *, attention: str, mask_token: bool,
+                 init_scale: float, rng: np.random.Generator, dtype, device):
+        super().__init__()
+        self.attention, self.mask_token = attention, mask_token
+
+        def param(shape, scale):
+            values = rng.standard_normal(shape) * scale if scale > 0 else np.zeros(shape)
+            return torch.nn.Parameter(torch.as_tensor(values, dtype=dtype, device=device))
+
+        self.pos = param((n_positions, d), 1.0 / math.sqrt(d))
+        self.W_e, self.b_e = param((d, n_pixels), 1.0 / math.sqrt(n_pixels)), param((d,), 0.0)
+        self.mask = param((d,), 0.0) if mask_token else None
+        if attention == "merged":
+            self.Q = param((d, d), init_scale)
+        else:
+            self.W_Q, self.W_K = param((d, d), init_scale), param((d, d), init_scale)
+        self.W_d, self.b_d = param((n_pixels, d), 1.0 / math.sqrt(d)), param((n_pixels,), 0.0)
+
+    def score_matrix(self) -> torch.Tensor:
+        return self.Q if self.attention == "merged" else self.W_Q.T @ self.W_K
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d) the learned embedding W_e x + b_e of contents x (..., D)."""
+        return x @ self.W_e.T + self.b_e
+
+    def slow_parameters(self) -> list:
+        """The linear maps on contents (patch embedding, mask token, decoder): their curvature
+        grows with the number of masked patches the loss sums (:func:`train_patch_mae`)."""
+        return [p for p in (self.W_e, self.b_e, self.mask, self.W_d, self.b_d) if p is not None]
+
+    def forward(self, batch: PixelBatch):
+        """(loss, w (b, P, P)): w[:, p] is the attention of p as a masked query, zero where p is
+        unmasked; w is None while gradients are recorded (a training step). Only the masked
+        queries are computed: those of a sample come first in ``order``, padded to the batch's
+        largest count (padding rows carry no loss)."""
+        vis = batch.vis[..., None]
+        values = vis * self.embed(batch.x)                            # (b, P, d)
+        query = self.pos
+        if self.mask is not None:
+            values = values + (1.0 - vis) * self.mask
+            query = query + self.mask
+        keys = self.pos + values
+        n_masked = batch.query.sum(dim=1)
+        M = max(int(n_masked.max()), 1)
+        order = torch.argsort(batch.vis, dim=1, stable=True)[:, :M]    # (b, M) masked positions first
+        real = (torch.arange(M, device=order.device)[None] < n_masked[:, None]).to(values.dtype)
+        scores = ((query @ self.score_matrix())[order]) @ keys.transpose(1, 2)   # (b, M, P)
+        w = torch.softmax(scores, dim=-1)
+        target = torch.gather(batch.x, 1, order[..., None].expand(-1, -1, batch.x.shape[2]))
+        r = (w @ values) @ self.W_d.T + self.b_d - target               # (b, M, D)
+        loss = 0.5 * ((r * r).sum(dim=-1) * real).sum() / len(batch)
+        if torch.is_grad_enabled():          # a training step: the (b, P, P) map is not needed
+            return loss, None
+        full = torch.zeros(len(batch), batch.vis.shape[1], batch.vis.shape[1], dtype=w.dtype, device=w.device)
+        full.scatter_(1, order[..., None].expand(-1, -1, w.shape[2]), w * real[..., None])
+        return loss, full
+
+
+def content_lr(lr: float, model: DataModel, optimizer: str) -> float:
+    """The default lr of the MAE's linear maps on contents: lr / (gamma P) with SGD, lr with Adam.
+
+    The loss sums the squared error over the ~gamma P masked patches of a sample, so the
+    curvature of the loss along the decoder (and the patch embedding feeding the values) is
+    ~gamma P times that of one patch's error: plain SGD on them at the score lr diverges (lr 0.03
+    already does at 14 x 14). Q and the positional embeddings, which act through the softmax as
+    the model's Q does, keep lr (the flow's clock). Adam normalises every step, so it takes lr.
+    """
+    return lr / (model.mask_ratio * model.n_patches) if optimizer == "sgd" else lr
+
+
+def train_patch_mae(data, *, steps: int, lr: float, dim: int, attention: str = "merged", mask_token: bool = False,
+                    embedding_lr: float | None = None, batch_size: int = 256, seed: int = 0, optimizer: str = "sgd",
+                    init_scale: float | None = None, record_every: int = 100, record_steps=None,
+                    eval_size: int = 2048, dtype: str = "float32", device=None, progress=None) -> TrainRun:
+    """Train :class:`PatchMAE` on an :class:`~gradflow.training.mae.MAEData`; see
+    :func:`gradflow.training.mae.train_mae` (the public entry point)."""
+    model = data.model
+    steps, lr, batch_size, seed, record_every, eval_size = _common_options(
+        steps, lr, batch_size, seed, optimizer, dtype, record_every, eval_size)
+    embedding_lr = content_lr(lr, model, optimizer) if embedding_lr is None else positive_real("embedding_lr",
+                                                                                               embedding_lr)
+    choice("attention", attention, ATTENTIONS)
+    dim = positive_int("dim", dim)
+    if not isinstance(mask_token, (bool, np.bool_)):
+        raise InvalidInputError(f"mask_token must be True or False, got {mask_token!r}")
+    init_scale = _init_scale(init_scale, attention, 1, dim)
+    grid = _record_steps(steps, record_every, record_steps)
+    dev, tdtype = _device(device), DTYPES[dtype]
+    architecture = {"trainer": "torch-mae", "images": list(data.names), "grid": list(data.grid), "patch": data.patch,
+                    "channels": data.channels, "pixels": data.n_pixels, "dim": dim, "attention": attention,
+                    "mask_token": bool(mask_token), "optimizer": optimizer, "embedding_lr": embedding_lr,
+                    "dtype": dtype, "eval_size": eval_size}
+    start = time.perf_counter()
+    contents = torch.as_tensor(data.contents, dtype=tdtype, device=dev)              # (K, P, D)
+    image_of_feature = torch.as_tensor(np.array([k for k, _ in model.features]), device=dev)
+    net = PatchMAE(model.n_patches, data.n_pixels, dim, attention=attention, mask_token=bool(mask_token),
+                   init_scale=init_scale, rng=np.random.default_rng([seed, 1]), dtype=tdtype, device=dev)
+    rng = np.random.default_rng(seed)
+    sampler = BatchSampler(model)
+    eval_data = sampler.sample(np.random.default_rng([seed, 2]), eval_size)
+
+    def make_batch(fq, z, vis):
+        return PixelBatch(fq, vis, contents, image_of_feature, dev, tdtype)
+
+    rec = {key: [] for key in ("step", "loss", "att", "by_area", "masked", "eval_loss")}
+
+    def record(step, loss_mean):
+        rec["att"].append(own_area_mass(model, _record_measured(rec, net, model, eval_data, make_batch, dev, step,
+                                                                loss_mean)))
+
+    slow = {id(p) for p in net.slow_parameters()}
+    groups = [{"params": [p for p in net.parameters() if id(p) not in slow], "lr": lr},
+              {"params": net.slow_parameters(), "lr": embedding_lr}]
+    status, message = _optimise(net, _optimiser(groups, optimizer, lr), lambda: make_batch(*sampler.sample(rng, batch_size)),
+                                record, steps=steps, grid=grid, lr=lr, progress=progress, who="gradflow.train_mae")
+    with torch.no_grad():
+        E = net.pos.detach().cpu().numpy().astype(np.float64).T                       # (d, P)
+        means = np.stack([data.contents[k][model.clusters[k].areas == j].mean(axis=0) for k, j in model.features])
+        V = net.embed(torch.as_tensor(means, dtype=tdtype, device=dev)).cpu().numpy().astype(np.float64).T
+    steps_rec = np.array(rec["step"])
+    return TrainRun(
+        t=lr * steps_rec.astype(np.float64), step=steps_rec, A=None, B=None, loss=np.array(rec["loss"]),
+        target_attention=np.array(rec["att"]), Q=None, E=E, V=V, model=model, seed=int(seed), steps=int(steps),
+        lr=float(lr), batch_size=int(batch_size), d=dim, embeddings="learned", init_scale=float(init_scale),
+        record_every=int(record_every) if record_steps is None else 0, wall_time=time.perf_counter() - start,
+        status=status, message=message, attention_by_area=np.array(rec["by_area"]),
+        masked_mass=np.array(rec["masked"]), eval_loss=np.array(rec["eval_loss"]), architecture=architecture)
+
+
+# ---- speed --------------------------------------------------------------------------------------
+def seconds_per_step(model: DataModel, *, steps: int, batch_size: int, lr: float = 0.5, seed: int = 0,
+                     dtype: str = "float64", warmup: int = 2) -> float:
+    """Wall seconds per SGD step of the bottom rung (``train_torch`` with its defaults) on
+    ``model``: the steps ``train_torch`` takes (draw a batch, forward, backward, update), timed
+    after ``warmup`` untimed steps, without evaluation records. Uses torch's current threads."""
+    steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
+    choice("dtype", dtype, DTYPES)
+    dev, tdtype = _device(None), DTYPES[dtype]
+    rng = np.random.default_rng(seed)
+    V, E = make_embeddings(model, model.n_features + model.n_patches, "orthonormal", rng)
+    net = Transformer(E, V, attention="merged", value="identity", heads=1, layernorm=False, depth=1, init_scale=0.0,
+                      rng=np.random.default_rng([seed, 1]), dtype=tdtype, device=dev)
+    opt, sampler = _optimiser(net, "sgd", positive_real("lr", lr)), BatchSampler(model)
+    for _ in range(warmup):
+        _step(net, opt, Batch(*sampler.sample(rng, batch_size), model.n_features, dev, tdtype))
+    start = time.perf_counter()
+    for _ in range(steps):
+        _step(net, opt, Batch(*sampler.sample(rng, batch_size), model.n_features, dev, tdtype))
+    return (time.perf_counter() - start) / steps
