@@ -323,50 +323,64 @@ def pairs_general(method, t, sigma, gamma, keys, stored):
         stored[SHIFT, p] = shift
 
 
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS, inline="always")
+def _block_sums(method, gamma, stored, s0, n_blocks):
+    """(sum shift, prod psi, sum M, sum V, sum Qm) over ``n_blocks`` whole blocks of pairs from
+    s0 (keys seen once, m' = 1)."""
+    ta_row, tb_row, u_row, w_row, psi_row, shift_row = (stored[TA], stored[TB], stored[U], stored[W],
+                                                        stored[PSI], stored[SHIFT])
+    shift = 0.0
+    product = 1.0
+    mu = 0.0
+    var = 0.0
+    hidden = 0.0
+    for p in range(s0, s0 + LANES * n_blocks):
+        mean, variance, masked = key_moments(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
+        shift += shift_row[p]
+        product *= psi_row[p]
+        mu += mean
+        var += variance
+        hidden += masked
+    return shift, product, mu, var, hidden
+
+
 @njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
 def segment_sums(method, gamma, keys, stored, chunk, sums):
     """Per segment q: sums[:, q] = (sum m' shift, sum m' log psi, sum m' M, sum m' V, sum m' Qm).
 
-    The psi of keys seen once are multiplied in blocks of LANES, ``chunk`` pairs at a time at most
-    (psi >= min(gamma, 1 - gamma): too few to underflow), with one log per chunk, not one per key."""
-    ta_row, tb_row, u_row, w_row, psi_row, shift_row = (stored[TA], stored[TB], stored[U], stored[W],
-                                                        stored[PSI], stored[SHIFT])
-    blocks_per_log = max(1, chunk // LANES)
+    The psi of keys seen once are multiplied, ``chunk`` pairs at a time at most (psi >=
+    min(gamma, 1 - gamma): too few to underflow), with one log per chunk, not one per key."""
+    blocks_per_log = chunk // LANES
     for q in range(keys.seg_multi.size):
         s0 = keys.seg_start[q]
         s1 = keys.seg_multi[q]
+        n_blocks = (s1 - s0) // LANES
         shift = 0.0
         log_psi = 0.0
         mu = 0.0
         var = 0.0
         hidden = 0.0
-        n_blocks = (s1 - s0) // LANES
-        if chunk < LANES:            # min(gamma, 1 - gamma) < 1e-35: a log per pair
+        if blocks_per_log == 0:          # min(gamma, 1 - gamma) < 1e-35: a log per pair
+            sh, _, mu, var, hidden = _block_sums(method, gamma, stored, s0, n_blocks)
+            shift += sh
             for p in range(s0, s1):
-                log_psi += math.log(psi_row[p])
-            n_blocks_product = 0
+                log_psi += math.log(stored[PSI, p])
         else:
-            n_blocks_product = n_blocks
-        for c0 in range(0, n_blocks, blocks_per_log):
-            product = 1.0
-            for c in range(c0, min(c0 + blocks_per_log, n_blocks)):
-                b = s0 + LANES * c
-                for lane in range(LANES):
-                    p = b + lane
-                    ta = ta_row[p]
-                    mean, variance, masked = key_moments(method, ta, tb_row[p], u_row[p], w_row[p], gamma)
-                    shift += shift_row[p]
-                    product *= psi_row[p] if c < n_blocks_product else 1.0
-                    mu += mean
-                    var += variance
-                    hidden += masked
-            log_psi += math.log(product)
+            for c0 in range(0, n_blocks, blocks_per_log):
+                sh, product, m1, v1, h1 = _block_sums(method, gamma, stored, s0 + LANES * c0,
+                                                      min(blocks_per_log, n_blocks - c0))
+                shift += sh
+                log_psi += math.log(product)
+                mu += m1
+                var += v1
+                hidden += h1
         for p in range(s1, keys.seg_start[q + 1]):         # keys of larger classes: few, one log each
             m = keys.pair_m[p]
-            mean, variance, masked = key_moments(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
-            shift += m * shift_row[p]
-            if psi_row[p] != 1.0:
-                log_psi += m * math.log(psi_row[p])
+            mean, variance, masked = key_moments(method, stored[TA, p], stored[TB, p], stored[U, p], stored[W, p],
+                                                 gamma)
+            shift += m * stored[SHIFT, p]
+            if stored[PSI, p] != 1.0:
+                log_psi += m * math.log(stored[PSI, p])
             mu += m * mean
             var += m * variance
             hidden += m * masked
