@@ -1,15 +1,15 @@
 """gradflow: exact gradient-flow dynamics of attention in a one-layer softmax transformer
 trained by masked reconstruction (Huang, Wen, Chi, Liang 2024, arXiv 2403.02233).
 
-The contract is docs/model.md. The layers, bottom up, each importing only those below it:
+The contract is docs/model.md. The layers, bottom up, each importing only those below it::
 
-``model``     the data model, presets, TOML model files
-``theory``    class reduction, the flow's ``State``, SymPy-generated factors, Numba kernels,
-              population loss / gradient / expected attention, the mean-field Jacobian
-``flow``      ``solve`` and its ``Solution``, observables along a trajectory, phases
-``training``  transformers trained on sampled data (``train_transformer``, ``train_torch``, ``TrainRun``)
-``analysis``  ``compare``, ``verify``, ``phase_scaling``, ``phase_diagram``, sweeps, benchmarks
-``figures``   drawing; ``cli`` the command line
+    ``model``     the data model, presets, TOML model files
+    ``theory``    class reduction, the flow's ``State``, SymPy-generated factors, Numba kernels,
+                  population loss / gradient / expected attention, the mean-field Jacobian
+    ``flow``      ``solve`` and its ``Solution``, observables along a trajectory, phases
+    ``training``  transformers trained on sampled data (``train_transformer``, ``train_torch``, ``TrainRun``)
+    ``analysis``  ``compare``, ``verify``, ``phase_scaling``, ``phase_diagram``, sweeps, benchmarks
+    ``figures``   drawing; ``cli`` the command line
 
 ``io`` (output paths, atomic writes, NetCDF) and ``errors`` sit under all of them.
 """

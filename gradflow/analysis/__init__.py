@@ -5,6 +5,7 @@ the benchmarks (``bench``, with their NumPy ``references``)."""
 from .areas import (
            AreaTable,
            LearnedLast,
+           SegmentationQuality,
            area_table,
            learned_last,
            segmentation_quality,
@@ -16,6 +17,6 @@ from .scaling import ScalingResult, phase_scaling
 from .sweeps import sweep
 from .verification import Report, verify
 
-__all__ = ["AreaTable", "Comparison", "ImageFlow", "LearnedLast", "PhaseDiagram", "Report", "ScalingResult",
+__all__ = ["AreaTable", "Comparison", "ImageFlow", "LearnedLast", "PhaseDiagram", "Report", "ScalingResult", "SegmentationQuality",
            "area_table", "compare", "image_flow", "learned_last", "phase_diagram", "phase_scaling",
            "segmentation_quality", "sweep", "verify"]

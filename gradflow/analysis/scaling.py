@@ -38,7 +38,7 @@ class ScalingResult:
 
     ``local_slopes[name][i]`` is d log T / d log P between ``Ps[i]`` and ``Ps[i + 1]``.
     ``fit_start[name]`` is the index of the first P of the fitted range (the range runs to the
-    largest P), or None when no range passes :func:`power_law_range`; then ``slopes[name]`` and
+    largest P), or None when no range passes ``power_law_range``; then ``slopes[name]`` and
     ``intervals[name]`` are NaN.
     """
 
@@ -183,7 +183,8 @@ def phase_scaling(preset_fn, Ps, *, t_max: float | None = None, method: str = "e
         Length of every flow; default: grown tenfold from 1e3 until every query reaches T3.
     method, eps : as in ``solve`` and ``phases``.
     tol : float
-        Criterion of :func:`power_law_range`: the fitted range is the longest tail of largest
+        Criterion of
+        ``gradflow.analysis.scaling.power_law_range``: the fitted range is the longest tail of largest
         sizes (at least 3) whose local slopes agree within ``tol``.
     per_decade : int
         Output times per decade of t from which the phase times are read (see

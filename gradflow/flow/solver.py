@@ -180,7 +180,7 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     progress : bool, optional
         A progress bar of the time reached (default: on a terminal).
     tol : float
-        Convergence tolerance of ``t_max=None``: stop once t |dL/dt| / L < tol at every
+        Convergence tolerance of ``t_max=None``: stop once ``t |dL/dt| / L < tol`` at every
         checkpoint (four per decade) of the last decade of time; the mean-field flow, whose loss
         tends to 0, compares with L(0) instead of L (docs/model.md section 7).
 

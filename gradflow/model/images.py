@@ -26,7 +26,7 @@ How a label map is made
 
 3. **Repair to exactly n_areas 4-connected areas.** Every segment is split into its 4-connected
    components. Then adjacent areas are merged, the pair whose merge increases the within-area
-   sum of squares least first (Ward's criterion, n_a n_b / (n_a + n_b) |mu_a - mu_b|^2 on the
+   sum of squares least first (Ward's criterion, ``n_a n_b / (n_a + n_b) |mu_a - mu_b|^2`` on the
    patch features), and any pair with an area smaller than ``min_area`` (default 2: a single
    patch has no target, docs/model.md section 5) before any other, until at most ``n_areas``
    remain and none is too small; a merge of two connected neighbours stays connected. While
