@@ -19,8 +19,11 @@ failure of gradflow itself prints one line and exits 1 (``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +35,12 @@ from .errors import InvalidInputError
 from .flow.phase_times import phases, summarize
 from .flow.solution import Solution
 from .flow.solver import solve
-from .io import check_output_path
+from .io import check_output_path, check_output_paths, output_dir
 from .model.config import EXAMPLE as CONFIG_EXAMPLE
 from .model.config import load_model
-from .model.presets import PRESETS, global_local, preset, preset_options
+from .model.presets import PRESETS, global_local, preset, preset_options, square_grid
 from .theory.kernels import compiled_before
+from .training import transformer as training_kernels
 from .training.run import TrainRun
 from .training.sgd import train_transformer
 
@@ -53,15 +57,56 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# what a preset builds when an option is not given, read from the model it builds with no options
+BUILT_DEFAULTS = {"P": lambda m: m.n_patches, "n_clusters": lambda m: m.n_clusters, "mask_ratio": lambda m: m.mask_ratio}
+
+
+def preset_defaults(option: str) -> dict:
+    """preset name -> its default of ``option`` (the presets that have it): the signature's
+    default, or, where that is None (chosen inside the preset), what its default model has."""
+    out, built = {}, {}
+    for name, fn in PRESETS.items():
+        param = inspect.signature(fn).parameters.get(option)
+        if param is None:
+            continue
+        value = param.default
+        if value is None and option in BUILT_DEFAULTS:
+            built.setdefault(name, fn())
+            value = BUILT_DEFAULTS[option](built[name])
+        out[name] = "chosen by P" if value is None else value
+    return out
+
+
+class _PresetDefaults:
+    """The per-preset defaults of an option, worked out only when the help is shown."""
+
+    def __init__(self, option: str):
+        self.option = option
+
+    def __str__(self) -> str:
+        defaults = preset_defaults(self.option)
+        if len(defaults) == 1:
+            return str(*defaults.values())
+        return "the preset's own: " + ", ".join(f"{name} {value}" for name, value in defaults.items())
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (a preset and its options, or --config)")
     g.add_argument("--config", type=Path, help="TOML file describing any DataModel (gradflow config --example)")
     g.add_argument("--preset", default="global_local", help=f"one of {sorted(PRESETS)} (default: %(default)s)")
-    g.add_argument("--P", type=int, help="number of patches (default: 64)")
-    g.add_argument("--mask-ratio", type=float, help="mask probability gamma in (0, 1) (default: 0.5)")
-    g.add_argument("--n-local", type=int, help="global_local: local areas per cluster (default: 4)")
-    g.add_argument("--local-size", type=int, help="global_local: patches per local area (default: 4)")
-    g.add_argument("--n-clusters", type=int, help="clusters, each with its own areas (default: 1)")
+    helps = {"P": "number of patches, on the most square grid",
+             "mask_ratio": "mask probability gamma in (0, 1)",
+             "n_local": "local areas per cluster (default 4, fewer when P is too small for 4 beside a larger "
+                        "global area)",
+             "local_size": "patches per local area",
+             "n_clusters": "clusters, each with its own areas"}
+    for flag, option in PRESET_FLAGS.items():
+        owners = [name for name in PRESETS if option in preset_options(name)]
+        text = helps[option] if len(owners) == len(PRESETS) else f"{', '.join(owners)}: {helps[option]}"
+        if option != "n_local":
+            text += " (default: %(preset_defaults)s)"
+        action = g.add_argument(flag, type=float if option == "mask_ratio" else int, help=text)
+        action.preset_defaults = _PresetDefaults(option)
 
 
 def _add_flow_options(p: argparse.ArgumentParser) -> None:
@@ -69,6 +114,39 @@ def _add_flow_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="exact", help="exact or meanfield (default: %(default)s)")
     p.add_argument("--max-wall-time", type=float,
                    help="seconds the flow may take; it then stops, says so and exits 1 (default: no limit)")
+
+
+def _even_sided(P: int) -> list:
+    """The numbers of patches nearest ``P`` whose most square grid has even sides (what the
+    balanced preset's four equal areas need): the largest below P and the two smallest above."""
+    ok = [q for q in range(4, 4 * P + 16, 2) if not any(side % 2 for side in square_grid(q))]
+    return [q for q in ok if q < P][-1:] + [q for q in ok if q > P][:2]
+
+
+def _check_preset_flags(name: str, given: dict) -> None:
+    """Refuse, naming the flag to set, what a preset cannot build from the command line's flags."""
+    P = given.get("P")
+    if name == "balanced" and P is not None and P > 0:
+        H, W = square_grid(P)
+        if H % 2 or W % 2:
+            raise InvalidInputError(
+                f"--P {P} lays the patches out as a {H}x{W} grid, which the balanced preset's four equal areas "
+                f"cannot tile: give a --P whose grid has even sides (e.g. {', '.join(map(str, _even_sided(P)))}), "
+                f"or describe other areas in a --config file (gradflow config --example)")
+
+
+def _flags_for(message: str, name: str) -> str:
+    """What the command line calls the preset options a message names: '; on the command line
+    n_local is --n-local, ...', and which options have no flag (use --config)."""
+    named = [opt for opt in preset_options(name) if re.search(rf"\b{opt}\b", message)]
+    flags = {opt: flag for flag, opt in PRESET_FLAGS.items()}
+    parts = [f"{opt} is {flags[opt]}" for opt in named if opt in flags and flags[opt] != f"--{opt}"]
+    missing = [opt for opt in named if opt not in flags]
+    text = f" (on the command line {', '.join(parts)})" if parts else ""
+    if missing:
+        text += (f" ({', '.join(missing)} has no command-line flag: describe such a model in a --config file, "
+                 f"gradflow config --example)")
+    return text
 
 
 def _model_from(args):
@@ -84,23 +162,23 @@ def _model_from(args):
     for flag, opt in PRESET_FLAGS.items():
         if opt in given and opt not in known:
             raise InvalidInputError(f"{flag} does not apply to preset {args.preset!r}")
+    _check_preset_flags(args.preset, given)
     try:
         return preset(args.preset, **given)
     except InvalidInputError as exc:
-        flags = ", ".join(f for f, o in PRESET_FLAGS.items() if o in known)
-        raise InvalidInputError(f"{exc} (flags of preset {args.preset!r}: {flags})") from None
+        raise InvalidInputError(f"{exc}{_flags_for(str(exc), args.preset)}") from None
 
 
 def solve_summary(sol) -> str:
     """What ``python -m gradflow`` prints: phases reached, loss, target attention, wall time."""
     summary = summarize(phases(sol))
     lines = [f"gradflow: {sol.model!r}",
-             f"  method {sol.method}, t_max {sol.t[-1]:g}, status {sol.status}: {sol.message}",
+             f"  method {sol.method}, t_end {sol.t[-1]:g}, status {sol.status}: {sol.message}",
              f"  loss {sol.loss_at(0):.6g} -> {sol.loss_at(-1):.6g}"]
     lines += ["  phases of " + g.line() + " (median)" for g in summary.groups.values()]
     if sol.method == "meanfield":
         lines.append("  (the mean-field loss drives the flow; attention is measured exactly on its state)")
-    lines += [f"  target attention / ceiling at t_max: min {summary.min_target_fraction:.4f}, "
+    lines += [f"  target attention / ceiling at t_end: min {summary.min_target_fraction:.4f}, "
               f"mean {summary.mean_target_fraction:.4f}",
               f"  wall time {sol.wall_time:.2f} s ({sol.nfev} gradient evaluations, "
               f"{sol.reduction.n_classes} classes)"]
@@ -284,6 +362,7 @@ def cmd_ladder(args) -> int:
     if args.out is None:
         raise InvalidInputError("gradflow ladder needs --out DIR (or --list)")
     model = _model_from(args)
+    output_dir(args.out, "--out")
     client = None
     if args.scheduler:
         from dask.distributed import Client
@@ -348,6 +427,16 @@ def _pair(flag: str, text: str, sep: str, square: bool = False) -> tuple[int, in
     raise InvalidInputError(f"{flag} must be {form} with integers, got {text!r}")
 
 
+# the figures ``gradflow images`` draws (each .png and .pdf): one per image, the overview, T2
+IMAGE_FIGURES = ("images_{k:02d}", "images_overview", "images_t2")
+
+
+def image_figure_paths(out: Path, n_images: int) -> list:
+    """Every figure file ``gradflow images`` writes into ``out`` for ``n_images`` images."""
+    names = [IMAGE_FIGURES[0].format(k=k) for k in range(n_images)] + list(IMAGE_FIGURES[1:])
+    return [out / f"{name}.{ext}" for name in names for ext in ("png", "pdf")]
+
+
 def cmd_images(args) -> int:
     from .analysis.image_flows import ImageFlow, image_flow
     from .figures.images import draw_images, draw_learned_last
@@ -370,11 +459,13 @@ def cmd_images(args) -> int:
             images = sample_images(DEFAULT_SAMPLES if names is None else names)
         query = None if args.query is None else _pair("--query", args.query, ",")
         grid = _pair("--grid", args.grid, "x", square=True)
-        args.out.mkdir(parents=True, exist_ok=True)     # the inputs are good: make room for the results
-        check_output_path(path, "--out")
+        output_dir(args.out, "--out")                   # the inputs are good: make room for the results
+        check_output_paths([path] + image_figure_paths(args.out, len(images)), "--out")
         flow = image_flow(images, grid, args.areas, args.t_max, method=args.method, mask_ratio=args.mask_ratio,
                           amplitudes=args.amplitudes, segmentation=args.segmentation, query=query)
         flow.save(path)
+    if args.redraw:
+        check_output_paths(image_figure_paths(args.out, len(flow.names)), "--out")
     if args.redraw and args.query is not None:
         flow = flow.with_query(_pair("--query", args.query, ","))
     sol = flow.solution
@@ -392,9 +483,9 @@ def cmd_images(args) -> int:
               f"over the images")
     paths = [] if args.redraw else [path]
     for k, name in enumerate(flow.names):
-        paths += draw_images(flow, args.out, [k], f"images_{k:02d}").paths
-    paths += draw_images(flow, args.out, range(min(4, len(flow.names))), "images_overview").paths
-    paths += draw_learned_last(flow, args.out).paths
+        paths += draw_images(flow, args.out, [k], IMAGE_FIGURES[0].format(k=k)).paths
+    paths += draw_images(flow, args.out, range(min(4, len(flow.names))), IMAGE_FIGURES[1]).paths
+    paths += draw_learned_last(flow, args.out, IMAGE_FIGURES[2]).paths
     print(f"  wrote {len(paths)} files into {args.out}: " + ("" if args.redraw else "images.nc, ")
           + "images_NN.png/pdf per image, images_overview, images_t2 (png/pdf)")
     return 0
@@ -405,11 +496,53 @@ COMMANDS = {None: cmd_default, "solve": cmd_solve, "train": cmd_train, "compare"
             "figures": cmd_figures, "images": cmd_images}
 
 
+# commands that train Monte-Carlo transformers (verify only with --mc)
+TRAINING_COMMANDS = ("train", "figures", "bench")
+
+
+def _uses_training(args) -> bool:
+    return args.command in TRAINING_COMMANDS or (args.command == "verify" and args.mc)
+
+
+def first_run_notice(args) -> str | None:
+    """The line to print when the kernels a command runs are not compiled yet (None: they are)."""
+    if args.command == "config" or getattr(args, "example", False) or getattr(args, "list", False):
+        return None
+    cold = [] if compiled_before() else ["the flow"]
+    if _uses_training(args) and not training_kernels.compiled_before():
+        cold.append("the training")
+    if not cold:
+        return None
+    return (f"gradflow: first run: compiling {' and '.join(cold)} kernels (about 10 s each); they are cached "
+            f"for the next runs")
+
+
+PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _one_line_warnings(show):
+    """A ``warnings.showwarning`` that prints gradflow's own warnings (raised from its code, as
+    an early stop or a divergence) as one line on stderr, without file path or source line, and
+    leaves other libraries' warnings to ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if not str(Path(filename).resolve()).startswith(PACKAGE_DIR):
+            return show(message, category, filename, lineno, file, line)
+        text = re.sub(r"^gradflow\.", "", " ".join(str(message).split()))   # 'gradflow.solve: ...' -> 'solve: ...'
+        print(f"gradflow: warning: {text}", file=sys.stderr)
+    return showwarning
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command not in ("config",) and not compiled_before():
-        print("gradflow: first run: compiling the Numba kernels (about 10 s); they are cached for the next runs",
-              file=sys.stderr)
+    notice = first_run_notice(args)
+    if notice:
+        print(notice, file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return COMMANDS[args.command](args)
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:

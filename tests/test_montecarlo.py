@@ -158,7 +158,7 @@ def test_trainer_bad_input(small_flow, kw, field):
 @pytest.mark.parametrize("lr", [1e12, 1e300])
 def test_a_diverging_run_stops_and_says_so(lr):
     model = global_local(16, n_local=2, local_size=4)
-    with pytest.warns(RuntimeWarning, match="diverged by step"):
+    with pytest.warns(RuntimeWarning, match="diverged at step"):
         run = train_transformer(model, steps=40, lr=lr, batch_size=16, record_every=10)
     assert run.status == -1 and "lower lr" in run.message
     assert run.step[-1] < 40 and np.all(np.isfinite(run.target_attention))       # the records kept are sane

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .._validate import fmt, positive_real
+from .._validate import check_names, fmt, positive_int, positive_real
 from .._version import __version__
 from ..errors import ConfigError, InvalidInputError
 from ..flow.observables import attention_diversity
 from ..flow.phase_times import phases, summarize
 from ..flow.solver import solve
-from ..io import atomic_path, check_output_path
+from ..io import atomic_path, check_output_path, check_output_paths, output_dir
 from ..model.config import check_keys, read_toml
 from ..model.datamodel import DataModel
 from ..model.presets import PRESETS, preset
@@ -44,7 +44,7 @@ MC_KEYS = ("steps", "lr", "batch_size", "seeds", "record_every")
 FILE_KEYS = ("preset", "t_max", "method", "fixed", "grid", "mc")
 EXAMPLE = """\
 # A gradflow sweep: run it with  gradflow sweep --grid sweep.toml --out results/
-preset = "global_local"      # a name in gradflow.presets.PRESETS (global_local, balanced)
+preset = "global_local"      # a name in gradflow.presets.PRESETS (global_local, balanced, voronoi)
 t_max = 1e4                  # length of every flow
 method = "exact"             # optional: exact (default) or meanfield
 
@@ -115,6 +115,34 @@ def _check_grid(grid) -> dict:
             raise InvalidInputError(f"grid[{key!r}] must hold at least one value, got {values!r}")
         clean[str(key)] = vals
     return clean
+
+
+MC_CHECKS = {"steps": positive_int, "lr": positive_real, "batch_size": positive_int, "seeds": positive_int,
+             "record_every": positive_int}
+MC_REQUIRED = ("steps", "lr", "batch_size")
+
+
+def check_mc(mc) -> dict | None:
+    """The Monte-Carlo options of a sweep, checked before any point runs: a table of known keys
+    with values of the right type and range (``steps``, ``lr``, ``batch_size`` required)."""
+    if mc is None:
+        return None
+    if not isinstance(mc, dict):
+        raise InvalidInputError(f"mc must be a mapping of Monte-Carlo options {list(MC_KEYS)}, got {fmt(mc)}")
+    check_names("mc", mc, MC_KEYS)
+    missing = [key for key in MC_REQUIRED if key not in mc]
+    if missing:
+        raise InvalidInputError(f"mc needs {', '.join(missing)} (the options of train_transformer; seeds and "
+                                f"record_every are optional)")
+    return {key: MC_CHECKS[key](f"mc.{key}", value) for key, value in mc.items()}
+
+
+def check_disjoint(grid: dict, fixed: dict) -> None:
+    """Refuse options given both as fixed and as swept (which would win is not obvious)."""
+    both = [key for key in grid if key in fixed]
+    if both:
+        raise InvalidInputError(f"{', '.join(repr(k) for k in both)} given both in fixed and in grid: a swept "
+                                f"option takes its values from the grid only; remove it from fixed")
 
 
 def _factory(model_factory):
@@ -226,12 +254,14 @@ def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fix
     if fixed is not None and not isinstance(fixed, dict):
         raise InvalidInputError(f"fixed must be a mapping of preset options, got {fmt(fixed)}")
     fixed = dict(fixed or {})
+    check_disjoint(grid, fixed)
     t_max = positive_real("t_max", t_max)
     check_method(method)
+    mc = check_mc(mc)
     points = _build_points(build, grid, fixed)
     out_dir = None if out is None else Path(out)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(out_dir, "sweep output directory")
         check_output_path(out_dir / "sweep.nc", "sweep output")      # before any point runs
     results, todo = {}, []
     for idx, params, model in points:
@@ -243,6 +273,7 @@ def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fix
             results[idx] = _load_point(path)
         else:
             todo.append((idx, model, (t_max, method, mc), None if path is None else str(path)))
+    check_output_paths([path for *_, path in todo if path is not None], "sweep point file")
     results.update(_run(todo, client, progress))
     ds = _gather(grid, results)
     failed = int((ds["error"].values != "").sum())
@@ -269,11 +300,11 @@ def read_sweep_file(grid_file) -> dict:
     for key in ("fixed", "grid", "mc"):
         if key in spec and not isinstance(spec[key], dict):
             raise ConfigError(f"{where}: [{key}] must be a table, got {fmt(spec[key])}")
-    if "mc" in spec:
-        check_keys(spec["mc"], MC_KEYS, f"{where} [mc]")
     try:
         positive_real("t_max", spec["t_max"])
         check_method(spec.get("method", "exact"))
+        check_mc(spec.get("mc"))
+        check_disjoint(spec["grid"], spec.get("fixed", {}))
     except InvalidInputError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return spec

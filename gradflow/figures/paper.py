@@ -19,6 +19,7 @@ from ..analysis.scaling import phase_scaling
 from ..flow.observables import OBSERVABLE_METHOD, attention_diversity
 from ..flow.phase_times import largest_other_areas, phases, summarize
 from ..flow.solver import solve
+from ..io import check_output_paths, output_dir
 from ..model.presets import global_local
 from ..theory.oracle import area_oracle_loss
 from ..theory.per_position import expected_attention
@@ -424,11 +425,24 @@ def fig_phase_diagram(s: Setup, out_dir: Path) -> FigureResult:
 FIGURES = (fig_correlations, fig_attention_maps, fig_loss, fig_phase_scaling, fig_diversity, fig_phase_diagram)
 
 
+# the files the figures write (each as .png and .pdf), checked before any work
+FIGURE_NAMES = ("fig1_correlations", "fig2_attention_maps", "fig3_loss", "fig4_phase_scaling", "fig5_diversity",
+                "fig6_phase_diagram")
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def figure_paths(out_dir) -> list:
+    """Every file ``make_figures`` writes into ``out_dir``."""
+    return [Path(out_dir) / f"{name}.{ext}" for name in FIGURE_NAMES for ext in FIGURE_FORMATS]
+
+
 def make_figures(out_dir, quick: bool = False, progress=None) -> dict:
-    """Write the six figures (PNG and PDF) into ``out_dir``; returns name -> FigureResult."""
+    """Write the six figures (PNG and PDF) into ``out_dir``; returns name -> FigureResult.
+
+    The directory and every file it will hold are checked before any work (OutputPathError)."""
     import matplotlib
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, "figures directory")
+    check_output_paths(figure_paths(out), "figure")
     s = setup(quick, progress)
     results = {}
     with matplotlib.rc_context(STYLE):

@@ -257,7 +257,6 @@ class Solution:
         splines whose slopes are the flow's velocities at the stored times. A file without its
         times, with times that are not finite and increasing, or with non-finite states is
         refused (FileFormatError naming the file and what is wrong)."""
-        from ..io import read_dataset
         ds = read_dataset(path, "solution", READS,
                           variables=("time", "A_classes", "B_classes", "B_self", "class_of", "loss"),
                           attrs=("model", "method", "status", "message", "nfev", "wall_time", "resolution"))

@@ -2,7 +2,9 @@
 
 * :func:`check_output_path` refuses, before a computation, an output the save would fail on or
   would damage: a missing or read-only directory, a directory or FIFO or device in its place, a
-  file with other hard links (an atomic rename would silently detach them).
+  file with other hard links (an atomic rename would silently detach them), a symlink loop.
+* :func:`output_dir` makes (or checks) an output directory before the work, refusing a file in
+  its place, a parent it cannot write, a symlink loop; every refusal is an ``OutputPathError``.
 * :func:`atomic_path` writes to a temporary file beside the target and renames it over the
   target in one step. A symlink is written through (its target is replaced, the link kept), an
   existing file keeps its permissions, and temporary files carry a recognisable name
@@ -11,6 +13,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from contextlib import contextmanager
@@ -30,6 +33,32 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _stat(path: Path, what: str, shown: Path):
+    """os.stat of ``path`` (following links), None when nothing is there; OutputPathError for a
+    symlink loop, a file where a directory should be, or a path that cannot be searched."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputPathError(f"{what} {str(shown)!r}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    """What an OSError about a path means for an output."""
+    if exc.errno == errno.ELOOP:
+        return "a symlink loop (a link that points, in the end, to itself)"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a directory"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "on a read-only file system"
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
 def check_output_path(path, what: str = "output") -> Path:
     """The real file a save to ``path`` will write (symlinks followed), or OutputPathError.
 
@@ -38,13 +67,14 @@ def check_output_path(path, what: str = "output") -> Path:
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     parent = target.parent
-    if not parent.is_dir():
-        raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} does not exist")
+    st_parent = _stat(parent, what, path)
+    if st_parent is None or not stat.S_ISDIR(st_parent.st_mode):
+        kind = "does not exist" if st_parent is None else "is not a directory"
+        raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} {kind}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is not writable")
-    try:
-        st = os.stat(target)
-    except FileNotFoundError:
+    st = _stat(target, what, path)
+    if st is None:                            # (a dangling symlink: the save creates its target)
         return target
     if stat.S_ISDIR(st.st_mode):
         raise OutputPathError(f"{what} {str(path)!r} is a directory, not a file")
@@ -55,6 +85,32 @@ def check_output_path(path, what: str = "output") -> Path:
         raise OutputPathError(f"{what} {str(path)!r} has {st.st_nlink} hard links: replacing it atomically "
                               f"would detach the others; remove them or choose another name")
     return target
+
+
+def check_output_paths(paths, what: str = "output") -> list:
+    """``check_output_path`` of every one of ``paths``, before any is written."""
+    return [check_output_path(p, what) for p in paths]
+
+
+def output_dir(path, what: str = "output directory") -> Path:
+    """Make the directory ``path`` (and its parents) if needed and check it can be written in;
+    OutputPathError when a file (or a FIFO, ...) is in its place, a parent cannot be written,
+    or the path is a symlink loop. Call it before the work whose results go there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        st = _stat(path, what, path)
+        if st is None:                        # a dangling symlink
+            raise OutputPathError(f"{what} {str(path)!r} is a symlink to {os.readlink(path)!r}, which does "
+                                  f"not exist") from None
+        raise OutputPathError(f"{what} {str(path)!r} exists and is not a directory (a file or another kind "
+                              f"of entry is in its place): give a directory") from None
+    except OSError as exc:
+        raise OutputPathError(f"{what} {str(path)!r} cannot be made: {_reason(exc)}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {str(path)!r} is not writable")
+    return path
 
 
 def _pid_alive(pid: int) -> bool:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._validate import fmt, is_real, positive_int
+from .._validate import check_memory, fmt, is_real, positive_int, size_text
 from ..errors import InvalidInputError
 
 SUM_TOL = 1e-9
@@ -100,8 +100,14 @@ class Amplitude:
         if not (is_real(high) and np.isfinite(high) and high >= low):
             raise InvalidInputError(f"amplitude high must be finite and >= low ({low}), got {fmt(high)}")
         n_atoms = positive_int("n_atoms", n_atoms)
+        # numpy's Gauss-Legendre rule solves an n x n eigenproblem: n^2 numbers and their copies
+        need = 3.0 * float(n_atoms) ** 2
         if n_atoms > MAX_ATOMS:
-            raise InvalidInputError(f"n_atoms must be at most {MAX_ATOMS}, got {n_atoms}")
+            raise InvalidInputError(
+                f"n_atoms must be at most {MAX_ATOMS}, got {n_atoms}: the Gauss-Legendre rule of {n_atoms} atoms "
+                f"would need {size_text(8.0 * need)} of memory to build (an n_atoms x n_atoms eigenproblem), "
+                f"and every query of the kernels keeps (classes x atoms) work arrays")
+        check_memory(need, f"the Gauss-Legendre rule of n_atoms={n_atoms} atoms")
         low_f, high_f = float(low), float(high)
         if high_f == low_f:
             return cls.point(low_f)
@@ -147,7 +153,7 @@ class Amplitude:
 
     def __repr__(self) -> str:
         if self.is_point:
-            return f"Amplitude.point({self.values[0]!r})"
+            return f"Amplitude.point({float(self.values[0])!r})"
         if self.continuous is not None:
             return f"Amplitude.uniform({self.continuous[0]!r}, {self.continuous[1]!r}, n_atoms={self.values.size})"
         return f"Amplitude(values={self.values.tolist()!r}, weights={self.weights.tolist()!r})"

@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .._validate import fmt, is_int, is_real, suggest
+from .._validate import check_names, fmt, is_int, is_real
 from ..errors import ConfigError, FileFormatError, InvalidInputError
 from .amplitude import Amplitude
 from .datamodel import Cluster, DataModel
@@ -51,9 +51,23 @@ ATOM_KEYS = ("values", "weights")
 
 def check_keys(table: dict, known, where: str) -> None:
     """Refuse keys outside ``known``, naming the key and the nearest known one."""
-    for key in table:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, known)}; known keys: {list(known)}")
+    check_names(where, table, known, error=ConfigError)
+
+
+def _labels(value, where: str) -> list:
+    """Area labels as TOML gives them: a list of integers, or a list of rows of integers. A
+    boolean (``true``) or a float (``0.0``) is refused, not read as a label."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where} must be a non-empty list of integer labels (or of rows of them), "
+                          f"got {fmt(value)}")
+    rows = value if all(isinstance(row, list) for row in value) else [value]
+    for r, row in enumerate(rows):
+        for c, label in enumerate(row):
+            if not is_int(label):
+                at = f"{where}[{r}][{c}]" if rows is value else f"{where}[{c}]"
+                kind = {bool: "a boolean", float: "a float", str: "a string"}.get(type(label), type(label).__name__)
+                raise ConfigError(f"{at} must be an integer area label 0, 1, ..., got {fmt(label)} ({kind})")
+    return value
 
 
 def _number(value, where: str) -> float:
@@ -99,6 +113,10 @@ def _cluster_amplitudes(spec, where: str, n_areas: int):
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} must be a table, got {fmt(spec)}")
     labelled = [key for key in spec if str(key).isdigit()]
+    for key in labelled:
+        if str(int(key)) != key:          # '01' and '1' would name the same area
+            raise ConfigError(f"{where}.{key}: an area label is written as a plain integer, without leading "
+                              f"zeros or other digits: {int(key)!r}, not {key!r}")
     if not labelled:
         return _amplitude(spec, where)
     if len(labelled) != len(spec):
@@ -115,7 +133,7 @@ def _cluster_amplitudes(spec, where: str, n_areas: int):
 
 
 def model_from_dict(spec: dict) -> DataModel:
-    """DataModel from a parsed config (see :data:`EXAMPLE`)."""
+    """DataModel from a parsed config (``gradflow config --example`` prints an example)."""
     if not isinstance(spec, dict):
         raise ConfigError(f"config must be a table, got {fmt(spec)}")
     check_keys(spec, MODEL_KEYS, "config")
@@ -132,7 +150,7 @@ def model_from_dict(spec: dict) -> DataModel:
                 raise ConfigError(f"{where} must be a table with 'areas', got {fmt(c)}")
             check_keys(c, CLUSTER_KEYS, where)
             prob = None if c.get("prob") is None else _number(c["prob"], f"{where}.prob")
-            areas = Cluster(c["areas"])          # validates the labels before the amplitudes
+            areas = Cluster(_labels(c["areas"], f"{where}.areas"))     # the labels before the amplitudes
             amps = _cluster_amplitudes(c.get("amplitudes"), f"{where}.amplitudes", areas.n_areas)
             clusters.append(Cluster(c["areas"], prob=prob, amplitudes=amps))
         n_patches = None if spec.get("n_patches") is None else _integer(spec["n_patches"], "n_patches")
@@ -159,7 +177,7 @@ def read_toml(path, what: str = "config file") -> dict:
 
 
 def load_model(path) -> DataModel:
-    """DataModel from a TOML file (see :data:`EXAMPLE`)."""
+    """DataModel from a TOML file (``gradflow config --example`` prints an example)."""
     try:
         return model_from_dict(read_toml(path))
     except ConfigError as exc:

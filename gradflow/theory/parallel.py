@@ -3,43 +3,42 @@
 Numba's parallel kernels would otherwise use one thread per core of the machine. On a machine
 shared with other work that is slow (threads wait on busy cores: a 0.03 s solve took 8 s beside
 one busy process), and for small reduced models it never pays. So a call runs single-threaded
-below ``PARALLEL_WORK`` and otherwise on the CPUs the process may use: its affinity mask and its
-cgroup quota, not the machine's count. Dask workers are started with one thread each.
+below its kernel's threshold of work and otherwise on the CPUs the process may use: its affinity
+mask (read at every call: it can change while the process runs) and the CPU quota of its own
+cgroup and the cgroups above it (``_validate.cgroup_cpu_quota``; re-read every
+``QUOTA_RECHECK`` seconds), not the machine's count. Dask workers are started with one thread
+each. The population kernels (``use_threads``) and the Monte-Carlo training kernel
+(``use_threads_for``) follow the same policy.
 """
 from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
+import time
 
 import numba
+
+from .._validate import cgroup_cpu_quota
 
 # work units (query classes x key classes x clusters x mean atoms) below which one thread wins:
 # the threads' start-up (~10-50 us) costs more than they save (measured: gradflow bench)
 PARALLEL_WORK = 4096
+QUOTA_RECHECK = 2.0        # seconds a read cgroup quota is trusted (a read costs ~0.1 ms)
+
+_quota_cache = {"at": -math.inf, "quota": math.inf}
 
 
 def _cgroup_cpus() -> float:
-    """The CPU quota of this process's cgroup (v2 cpu.max or v1 cfs), inf when unlimited."""
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as fh:
-            quota, period = fh.read().split()[:2]
-        return math.inf if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as fh:
-            quota = int(fh.read())
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as fh:
-            period = int(fh.read())
-        return math.inf if quota <= 0 else quota / period
-    except (OSError, ValueError):
-        return math.inf
+    """The CPU quota of this process's cgroups, inf when unlimited; re-read when older than
+    QUOTA_RECHECK seconds."""
+    now = time.monotonic()
+    if now - _quota_cache["at"] > QUOTA_RECHECK:
+        _quota_cache.update(at=now, quota=cgroup_cpu_quota())
+    return _quota_cache["quota"]
 
 
-@lru_cache(maxsize=1)
 def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by its cgroup quota."""
+    """CPUs this process may use now: its affinity mask, capped by its cgroups' quota."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:          # not Linux
@@ -48,6 +47,21 @@ def available_cpus() -> int:
     if math.isfinite(quota):
         n = min(n, max(1, int(quota)))
     return max(1, n)
+
+
+def threads_for_work(work: float, threshold: float) -> int:
+    """Threads for a kernel call of ``work`` units: 1 below ``threshold`` (the kernel's own
+    break-even), else the usable CPUs."""
+    if work < threshold:
+        return 1
+    return max(1, min(available_cpus(), numba.config.NUMBA_NUM_THREADS))
+
+
+def use_threads_for(work: float, threshold: float) -> int:
+    """Set the calling thread's Numba thread count for a call of ``work`` units; returns it."""
+    n = threads_for_work(work, threshold)
+    numba.set_num_threads(n)
+    return n
 
 
 def kernel_work(reduction) -> float:
@@ -59,11 +73,9 @@ def kernel_work(reduction) -> float:
 def threads_for(reduction, times: int = 1) -> int:
     """Threads for a kernel call on ``reduction`` (at ``times`` states at once): 1 for small
     work, else the usable CPUs."""
-    if times * kernel_work(reduction) < PARALLEL_WORK:
-        return 1
-    return max(1, min(available_cpus(), numba.config.NUMBA_NUM_THREADS))
+    return threads_for_work(times * kernel_work(reduction), PARALLEL_WORK)
 
 
 def use_threads(reduction, times: int = 1) -> None:
     """Set the calling thread's Numba thread count for a kernel call on ``reduction``."""
-    numba.set_num_threads(threads_for(reduction, times))
+    use_threads_for(times * kernel_work(reduction), PARALLEL_WORK)

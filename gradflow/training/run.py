@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import FileFormatError, InvalidInputError
-from ..io import read_dataset, write_dataset
+from ..io import attribute, coordinate, finite_variables, read_dataset, write_dataset
 from ..model import DataModel
 from ..theory.reduction import position_reduction
 from ..theory.state import State
@@ -145,38 +145,48 @@ class TrainRun:
 
     @classmethod
     def load(cls, path) -> "TrainRun":
-        ds = read_dataset(path, "trainrun", READS, variables=("step", "loss", "E", "V"),
+        """Rebuild a TrainRun; a file without its times, with times or steps that are not finite
+        and increasing, or with non-finite matrices is refused (FileFormatError naming the file
+        and what is wrong)."""
+        ds = read_dataset(path, "trainrun", READS, variables=("time", "step", "loss", "E", "V"),
                           attrs=("model", "seed", "steps", "lr", "batch_size", "d", "embeddings", "init_scale",
                                  "record_every", "wall_time"))
-        return cls.from_xarray(ds, source=str(path))
+        return cls.from_xarray(ds, source=f"file {str(path)!r}")
 
     @classmethod
     def from_xarray(cls, ds: xr.Dataset, source: str = "dataset") -> "TrainRun":
-        model = DataModel.from_json(ds.attrs["model"], source)
+        model = DataModel.from_json(attribute(ds, "model", str, source), source)
         target = "target_attention" if "target_attention" in ds else "area_attention"
-        needed = [target] + (["A", "B", "Q"] if "attention_by_area" not in ds else ["masked_mass"])
+        needed = ["step", "loss", "E", "V", target] + (["A", "B", "Q"] if "attention_by_area" not in ds
+                                                       else ["masked_mass"])
         missing = [name for name in needed if name not in ds]
         if missing:
             raise FileFormatError(f"{source} is not a complete gradflow trainrun: it lacks variable "
                                   + ", ".join(repr(name) for name in missing))
+        t = coordinate(ds, "time", source)
+        step = coordinate(ds, "step", source, integral=True).astype(np.int64)
+        # the state: the matrices and the projections (measured masses may be NaN where a query
+        # was never masked on the evaluation batch)
+        finite_variables(ds, ("A", "B", "Q", "E", "V"), source)
 
         def opt(name):
             return ds[name].values if name in ds else None
 
-        a = ds.attrs
         try:
-            architecture = json.loads(a.get("architecture", "{}"))
+            architecture = json.loads(attribute(ds, "architecture", str, source, default="{}"))
         except ValueError as exc:
             raise FileFormatError(f"{source}: its architecture attribute is not JSON: {exc}") from None
-        return cls(t=ds["time"].values, step=ds["step"].values, A=opt("A"), B=opt("B"),
-                   loss=ds["loss"].values, target_attention=ds[target].values,
+        if not isinstance(architecture, dict):
+            raise FileFormatError(f"{source}: its architecture attribute must be a JSON object, got {architecture!r}")
+        ints = {name: attribute(ds, name, int, source) for name in ("seed", "steps", "batch_size", "d", "record_every")}
+        floats = {name: attribute(ds, name, float, source) for name in ("lr", "init_scale", "wall_time")}
+        return cls(t=t, step=step, A=opt("A"), B=opt("B"), loss=ds["loss"].values, target_attention=ds[target].values,
                    Q=opt("Q"), E=ds["E"].values, V=ds["V"].values, model=model,
-                   seed=int(a["seed"]), steps=int(a["steps"]), lr=float(a["lr"]),
-                   batch_size=int(a["batch_size"]), d=int(a["d"]), embeddings=str(a["embeddings"]),
-                   init_scale=float(a["init_scale"]), record_every=int(a["record_every"]),
-                   wall_time=float(a["wall_time"]), status=int(a.get("status", 0)),
-                   message=str(a.get("message", "finished")), attention_by_area=opt("attention_by_area"),
-                   masked_mass=opt("masked_mass"), eval_loss=opt("eval_loss"), architecture=architecture)
+                   embeddings=attribute(ds, "embeddings", str, source), **ints, **floats,
+                   status=attribute(ds, "status", int, source, default=0),
+                   message=attribute(ds, "message", str, source, default="finished"),
+                   attention_by_area=opt("attention_by_area"), masked_mass=opt("masked_mass"),
+                   eval_loss=opt("eval_loss"), architecture=architecture)
 
 
 def _describe(architecture: dict) -> str:

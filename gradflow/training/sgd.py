@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validate import (
+    check_memory,
     choice,
     instance,
     is_int,
@@ -33,7 +34,7 @@ from ..theory.state import LOG_WEIGHT_LIMIT
 from .checkpoint import CHECKPOINT_VERSION, RECORDS, load_checkpoint, save_checkpoint
 from .run import TrainRun
 from .sampling import BatchSampler
-from .transformer import batch_loss_grad, make_embeddings
+from .transformer import batch_loss_grad, make_embeddings, scores, warm_up
 
 EMBEDDINGS = ("orthonormal", "gaussian")
 
@@ -62,6 +63,44 @@ class _Progress:
     n_acc: int = 0
 
 
+def check_training_memory(model: DataModel, d: int, batch_size: int, steps: int, record_every: int) -> None:
+    """Refuse, before allocating, a run whose arrays cannot fit: Q and the step's d x d
+    temporaries (4 d^2 numbers), the embeddings and their QR (4 d (F + P) + (F + P)^2), a batch
+    (fq, z, the mask and its uniforms: ~3.2 b P, amplitudes b F), the kernel's per-thread
+    accumulators (threads x P (P + F)) and the records of A, B (kept twice: lists, then arrays)."""
+    import numba
+    F, P, K = model.n_features, model.n_patches, model.n_clusters
+    n_records = steps // record_every + 2
+    state = 4.0 * d * d + 4.0 * d * (F + P) + float(F + P) ** 2
+    batch = 3.2 * batch_size * P + float(batch_size) * F + numba.config.NUMBA_NUM_THREADS * float(P) * (P + F)
+    records = 2.0 * n_records * (float(P) * F + float(P) * P + K * P)
+    check_memory(state + batch + records,
+                 f"training at d = {d} (d^2 = {float(d) * d:.3g} numbers for Q), batch_size = {batch_size} "
+                 f"(x P = {P}) and {n_records} records")
+
+
+def _largest_amplitude(model: DataModel) -> float:
+    return max(a.values.max() for c in model.clusters for a in c.amplitudes)
+
+
+def _out_of_range(A: np.ndarray, B: np.ndarray, z_max: float) -> tuple[float, str | None]:
+    """(score span, the reason the scores left any sane range or None): the largest |score|
+    a key can get, |B| + |A| z, against the range the observables accept."""
+    span = np.abs(B).max() + np.abs(A).max() * z_max
+    if not np.isfinite(span) or span > LOG_WEIGHT_LIMIT:
+        return span, f"attention scores reach {span:.3g} (beyond {LOG_WEIGHT_LIMIT:g})"
+    return span, None
+
+
+def _warm_up(model: DataModel) -> None:
+    """Compile (or load from Numba's cache) the kernels a run uses, the SGD step's and the
+    records' (the expected attention of the model), so that ``wall_time`` and the steps per
+    second count the run only."""
+    warm_up()
+    P, F = model.n_patches, model.n_features
+    target_attention_at(model, np.zeros((P, F)), np.zeros((P, P)))
+
+
 def _fresh(model, d, embeddings, seed, init_scale) -> _Progress:
     rng = np.random.default_rng(seed)
     V, E = make_embeddings(model, d, embeddings, rng)
@@ -86,9 +125,9 @@ def _record(run: _Progress, model: DataModel, lr: float, loss_mean: float) -> st
     """Append a record; the reason the run diverged instead, when its scores left any sane range."""
     A = run.E.T @ run.Q @ run.V
     B = run.E.T @ run.Q @ run.E
-    span = np.abs(B).max() + np.abs(A).max() * max(a.values.max() for c in model.clusters for a in c.amplitudes)
-    if not np.isfinite(span) or span > LOG_WEIGHT_LIMIT:
-        return f"attention scores reach {span:.3g} (beyond {LOG_WEIGHT_LIMIT:g})"
+    why = _out_of_range(A, B, _largest_amplitude(model))[1]
+    if why is not None:
+        return why
     for key, value in (("t", lr * run.step), ("step", run.step), ("A", A), ("B", B), ("loss", loss_mean),
                        ("att", target_attention_at(model, A, B))):
         run.records[key].append(value)
@@ -139,8 +178,10 @@ def train_transformer(model: DataModel, *, steps: int, lr: float, batch_size: in
     Returns
     -------
     TrainRun
-        ``status`` -1 (and a RuntimeWarning) when the batch loss stopped being finite: the run
-        diverged, and stops at the step it happened.
+        ``status`` -1 (and a RuntimeWarning) when the run diverged (the batch loss stopped being
+        finite, or the scores left the range the observables accept, checked after every step):
+        it stops at the step it happened, which the message names. ``wall_time`` excludes
+        compiling the kernel (``transformer.warm_up``).
     """
     instance("model", model, DataModel)
     steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
@@ -152,8 +193,17 @@ def train_transformer(model: DataModel, *, steps: int, lr: float, batch_size: in
     meta = {"version": CHECKPOINT_VERSION, "model": model.to_dict(), "lr": float(lr),
             "batch_size": int(batch_size), "d": d, "seed": int(seed), "init_scale": float(init_scale),
             "record_every": int(record_every), "embeddings": embeddings, "steps": int(steps)}
+    check_training_memory(model, d, batch_size, steps, record_every)
+    _warm_up(model)                  # compile or load the kernels before the clock starts
     start = time.perf_counter()
     run = _fresh(model, d, embeddings, seed, init_scale) if resume is None else _resumed(resume, meta, record_every)
+    if run.step == 0:
+        B0, A0 = scores(run.Q, run.E, run.V)
+        span, why = _out_of_range(A0, B0, _largest_amplitude(model))
+        if why is not None:
+            raise InvalidInputError(f"init_scale={init_scale:g} starts the run with attention scores of "
+                                    f"{span:.3g}, beyond {LOG_WEIGHT_LIMIT:g}: it would diverge at step 0; "
+                                    f"lower init_scale")
 
     def save():
         if checkpoint is not None:
@@ -176,18 +226,23 @@ def train_transformer(model: DataModel, *, steps: int, lr: float, batch_size: in
 
 
 def _diverged(run: _Progress, why: str, lr: float, step: int) -> str:
-    return (f"diverged by step {step}: {why}; lower lr (now {lr:g}); the records stop at step "
+    return (f"diverged at step {step}: {why}; lower lr (now {lr:g}); the records stop at step "
             f"{run.records['step'][-1]}")
 
 
 def _train(run: _Progress, model, steps, lr, batch_size, record_every, progress, save) -> tuple[int, str]:
     """SGD steps until ``steps``; (status, message)."""
     sampler = BatchSampler(model)
+    z_max = _largest_amplitude(model)
     bar = _progress_bar(progress, steps, run.step)
     try:
         while run.step < steps:
+            B, A = scores(run.Q, run.E, run.V)
+            why = _out_of_range(A, B, z_max)[1]          # the state after step run.step
+            if why is not None:
+                return -1, _diverged(run, why, lr, run.step)
             fq, z, vis = sampler.sample(run.rng, batch_size)
-            loss, dQ = batch_loss_grad(run.Q, run.E, run.V, fq, z, vis)
+            loss, dQ = batch_loss_grad(run.Q, run.E, run.V, fq, z, vis, score_matrices=(B, A))
             if not (np.isfinite(loss) and np.all(np.isfinite(dQ))):
                 return -1, _diverged(run, f"the batch loss is {loss!r}", lr, run.step + 1)
             run.Q -= lr * dQ

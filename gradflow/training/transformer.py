@@ -8,12 +8,20 @@ dQ = E C1 E^T + E C2 V^T, never forming the (b, P, d) token tensor.
 from __future__ import annotations
 
 import math
+import os
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from ..model import DataModel
+from ..theory.parallel import use_threads_for
+
+# work (samples x patches x keys) of one batch below which it runs on one thread. Measured on 2
+# cores, one thread against two: idle, b = 64: P = 16 170 / 250 us, P = 36 740 / 490 us; b = 256,
+# P = 64 9.9 / 5.8 ms. Beside other busy processes two threads lose at every size (their barrier
+# waits for a busy core): b = 256, P = 16 0.48 / 14 ms, P = 64 8.6 / 27 ms, P = 144 98 / 441 ms.
+# So only batches beyond P ~ 128 at b = 256 take the threads the policy allows.
+TRAIN_PARALLEL_WORK = 1 << 22
 
 
 @njit(cache=True, parallel=True)
@@ -74,8 +82,13 @@ def _attention_batch(RE, RV, gram, fq, z, vis, want_grad, n_chunks):
     return losses.sum(), C1s.sum(axis=0), C2s.sum(axis=0)
 
 
+def scores(Q: np.ndarray, E: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The score matrices of Q: (E^T Q E (P, P), E^T Q V (P, F)), i.e. the correlations B and A."""
+    return E.T @ (Q @ E), E.T @ (Q @ V)
+
+
 def batch_loss_grad(Q: np.ndarray, E: np.ndarray, V: np.ndarray, fq: np.ndarray, z: np.ndarray,
-                    vis: np.ndarray, want_grad: bool = True):
+                    vis: np.ndarray, want_grad: bool = True, score_matrices=None):
     """Masked-reconstruction loss of a batch and its gradient with respect to Q.
 
     Loss = mean over samples of sum over masked p of 1/2 ||yhat_p - x_p||^2, with
@@ -84,14 +97,14 @@ def batch_loss_grad(Q: np.ndarray, E: np.ndarray, V: np.ndarray, fq: np.ndarray,
     The tokens are h_q = e_q + 1{q unmasked} z_q v_{f(q)}, so e_p^T Q h_q splits into
     (E^T Q E)[p, q] + 1{q unmasked} z_q (E^T Q V)[p, f(q)] and the reconstruction error lives in
     the span of the features (metric V^T V). The backward pass of the scores gives
-    dQ = E C1 E^T + E C2 V^T, never forming the (b, P, d) token tensor.
+    dQ = E C1 E^T + E C2 V^T, never forming the (b, P, d) token tensor. ``score_matrices``:
+    ``scores(Q, E, V)`` when the caller has them already. The kernel's threads follow the
+    policy of ``theory.parallel`` (by work, on the CPUs this process may use).
     """
-    b = vis.shape[0]
-    QE = Q @ E
-    RE = E.T @ QE
-    RV = E.T @ (Q @ V)
-    loss, C1, C2 = _attention_batch(RE, RV, V.T @ V, fq, z, vis, want_grad,
-                                    min(b, numba.get_num_threads()))
+    b, P = vis.shape
+    RE, RV = scores(Q, E, V) if score_matrices is None else score_matrices
+    threads = use_threads_for(float(b) * P * P, TRAIN_PARALLEL_WORK)
+    loss, C1, C2 = _attention_batch(RE, RV, V.T @ V, fq, z, vis, want_grad, min(b, threads))
     if not want_grad:
         return loss / b, None
     return loss / b, (E @ (C1 / b)) @ E.T + (E @ (C2 / b)) @ V.T
@@ -111,3 +124,20 @@ def make_embeddings(model: DataModel, d: int, kind: str, rng: np.random.Generato
     else:
         M = G / np.sqrt(d)
     return M[:, :F].copy(), M[:, F:].copy()
+
+
+def compiled_before() -> bool:
+    """Whether Numba's cache already holds the training kernel (a first run compiles it)."""
+    try:
+        return os.path.exists(_attention_batch._cache._cache_file._index_path)
+    except AttributeError:          # another Numba's internals: assume compiled, say nothing
+        return True
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the training kernel on a batch of one sample of two
+    patches, so that a run's timing counts its steps only."""
+    E = np.eye(3)[:, 1:]
+    V = np.eye(3)[:, :1]
+    batch_loss_grad(np.zeros((3, 3)), E, V, np.zeros((1, 2), dtype=np.int64), np.ones((1, 2)),
+                    np.array([[True, False]]))
