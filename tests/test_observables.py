@@ -243,3 +243,13 @@ def test_phases_of_a_runge_kutta_flow_read_its_step_ends():
     ref = phases(dense, traces="outputs")
     for name in ("T1", "T2", "T3"):
         np.testing.assert_allclose(getattr(ph, name), getattr(ref, name), rtol=5e-3)   # linear between samples
+
+
+@pytest.mark.parametrize("bad", ["x", None, 3.0])
+def test_observables_refuse_what_is_not_a_trajectory(bad):
+    with pytest.raises(gradflow.InvalidInputError, match="result must be a Solution or TrainRun"):
+        phases(bad)
+    with pytest.raises(gradflow.InvalidInputError, match="result must be a Solution or TrainRun"):
+        attention_diversity(bad)
+    with pytest.raises(gradflow.InvalidInputError, match="t_eval"):
+        gradflow.solve(global_local(36, n_local=2), 1.0, t_eval=["0", "1"])

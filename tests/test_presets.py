@@ -55,3 +55,11 @@ def test_one_registry_one_calling_convention():
         preset("nope", P=16)
     with pytest.raises(ValueError, match="area_shape"):
         preset("balanced", P=15)                                  # 3 x 5: no four equal areas
+
+
+def test_presets_refuse_options_they_do_not_have():
+    from gradflow import InvalidInputError
+    from gradflow.presets import balanced, global_local, voronoi
+    for fn in (global_local, balanced, voronoi):
+        with pytest.raises(InvalidInputError, match="unknown option 'bogus'"):
+            fn(bogus=1)

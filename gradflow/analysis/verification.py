@@ -190,7 +190,7 @@ def verify(model: DataModel, *, t_max: float | None = None, method: str = "exact
         checks.append(check_monte_carlo(compare(sol, runs)["target_attention"].max_abs_error, tol))
     if sol.status < 0:
         checks.append(Check("integration", sol.message, "status 0", False,
-                            "the flow is integrated to its end (t_max, or convergence when t_max is None)"))
+                            "the flow must reach its end (t_max, or convergence when t_max is None); it stopped early"))
 
     loc = ph.is_local
     info = [
@@ -204,7 +204,7 @@ def verify(model: DataModel, *, t_max: float | None = None, method: str = "exact
                           f"information gap {'positive' if gap > 0 else 'non-positive'} ({gap:+.4g})", "", None, ""))
     for group in summarize(ph).groups.values():
         info.append(Check(f"phase times ({group.name})", group.line().split(": ", 1)[1] + " (median)", "", None, ""))
-    length = f"t_max {t_max:g}" if t_max is not None else f"until converged: {sol.message}"
+    length = (f"to t = {sol.t[-1]:g} of t_max {t_max:g}" if t_max is not None else "until converged") + f": {sol.message}"
     info.append(Check("flow", f"{length}, method {method}, {sol.nfev} gradient evaluations, "
                       f"{sol.wall_time:.2f} s", "", None, ""))
     return Report(checks=checks, info=info)

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._validate import trajectory
 from ..theory.population import attention_by_area, attention_by_class
 from ..theory.reduction import Reduction, position_reduction
 from ..theory.state import State
@@ -172,6 +173,7 @@ def attention_diversity(result) -> np.ndarray:
     0 means every masked query attends to the same keys (e.g. Q = 0); values near 1 mean
     disjoint attention patterns.
     """
+    trajectory("result", result)
     states = result.states
     reduction = states.reduction
     T = len(states)

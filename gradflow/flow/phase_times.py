@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import real
+from .._validate import real, trajectory
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.population import attention_by_class, mass_by_area
@@ -135,6 +135,7 @@ def phases(result, eps: float = 0.05, traces: str = "auto") -> Phases:
         Where the attention traces are sampled: the output times, or a large exact flow's step
         ends (free; ``observables.phase_traces`` says which "auto" takes).
     """
+    trajectory("result", result)
     eps = real("eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
     model = result.model
     t, (by_area, _, reduction) = phase_traces(result, traces)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from .._validate import check_memory, choice, is_int
+from .._validate import check_memory, choice, is_int, is_real
 from ..errors import FileFormatError, InvalidInputError
 from ..io import read_dataset, write_dataset
 from ..model import DataModel
@@ -130,10 +130,9 @@ class Solution:
         Hermite splines through the stored states (after loading, or when the dense output was
         too large to keep: ``stepping.DENSE_OUTPUT_LIMIT``)."""
         lo, hi = self.dense_range()
-        try:
-            t = float(t)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"t must be a number in [{lo}, {hi}], got {t!r}") from None
+        if not is_real(t):
+            raise InvalidInputError(f"t must be a number in [{lo}, {hi}], got {t!r}")
+        t = float(t)
         if not (lo <= t <= hi):
             raise InvalidInputError(f"t must be in [{lo}, {hi}], got {t!r}")
         return State.from_flat(self.reduction, self._dense(t))

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolver, Radau
 
-from .._validate import check_memory, choice, instance, positive_int, positive_real, real
+from .._validate import check_memory, choice, increasing_times, instance, positive_int, positive_real, real
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.jacobian import meanfield_jacobian
@@ -57,14 +57,7 @@ def output_times(t_max, t_eval) -> tuple[float, np.ndarray]:
     t_max = real("t_max", t_max, low=T_RANGE[0], high=T_RANGE[1])
     if t_eval is None:
         return t_max, default_times(t_max)
-    try:
-        te = np.asarray(t_eval, dtype=np.float64)
-    except (TypeError, ValueError):
-        te = None
-    if te is None or te.ndim != 1 or te.size == 0 or not np.all(np.isfinite(te)) or np.any(np.diff(te) <= 0) \
-            or te[0] < 0 or te[-1] > t_max:
-        raise InvalidInputError(f"t_eval must be increasing times in [0, t_max={t_max}], got {t_eval!r}")
-    return t_max, te
+    return t_max, increasing_times("t_eval", t_eval, low=0.0, high=t_max)
 
 
 def initial_state(model: DataModel, init) -> State:

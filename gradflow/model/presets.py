@@ -10,15 +10,27 @@ of signature classes that does not depend on P (for ``balanced``: at a fixed num
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
 import numpy as np
 
-from .._validate import choice, fmt, nonnegative_int, positive_int, real, suggest
+from .._validate import check_names, choice, fmt, nonnegative_int, positive_int, real, suggest
 from ..errors import InvalidInputError
 from .amplitude import Amplitude
 from .datamodel import Cluster, DataModel
+
+
+def _checked(fn):
+    """A preset that refuses options it does not have (InvalidInputError naming them), not TypeError."""
+    known = list(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **options):
+        check_names(fn.__name__, options, known, noun="option")
+        return fn(*args, **options)
+    return wrapper
 
 
 def square_grid(P: int) -> tuple[int, int]:
@@ -52,6 +64,7 @@ def _cluster_probs(probs, K: int) -> list:
     return probs
 
 
+@_checked
 def global_local(P: int = 64, n_local: int | None = None, local_size: int = 4, mask_ratio: float = 0.5,
                  n_clusters: int = 1, amplitudes=None, probs=None) -> DataModel:
     """A dominant global area plus ``n_local`` compact local areas, per cluster.
@@ -114,6 +127,7 @@ def global_local(P: int = 64, n_local: int | None = None, local_size: int = 4, m
     return DataModel(grid=(H, W), clusters=clusters, mask_ratio=mask_ratio)
 
 
+@_checked
 def balanced(P: int | None = None, area_shape=None, mask_ratio: float = 0.5, n_clusters: int = 1,
              amplitudes=None, probs=None, grid=None) -> DataModel:
     """The grid tiled by equal ``area_shape`` rectangles; cluster k shifts the tiling by
@@ -164,6 +178,7 @@ def balanced(P: int | None = None, area_shape=None, mask_ratio: float = 0.5, n_c
     return DataModel(grid=(H, W), clusters=clusters, mask_ratio=mask_ratio)
 
 
+@_checked
 def voronoi(P: int | None = None, n_regions: int = 8, n_clusters: int = 16, mask_ratio: float = 0.5,
             amplitudes="mixed", seed: int = 0, grid=None, random_fraction: float = 0.3, probs=None) -> DataModel:
     """Irregular layouts: every cluster cuts the grid into ``n_regions`` Voronoi regions.
