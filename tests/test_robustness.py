@@ -390,6 +390,39 @@ def test_the_training_kernel_follows_the_thread_policy(monkeypatch):
     assert numba.get_num_threads() == 2
 
 
+
+def test_kernels_called_from_many_threads_at_once_under_numba_s_workqueue_layer():
+    """Numba's workqueue layer aborts the process on a concurrent launch (what a threaded Dask
+    client or the ladder's PyTorch threads do); the kernels' lock serialises the calls, and every
+    thread gets the sequential answer."""
+    import subprocess
+    import sys
+    code = """
+import concurrent.futures as cf, numpy as np, numba
+from gradflow.presets import global_local
+from gradflow.flow.solver import solve
+from gradflow.training.sampling import BatchSampler
+from gradflow.training.transformer import batch_loss_grad, make_embeddings
+m = global_local(16, n_local=2, local_size=4)
+def flow(i):
+    return solve(m, 20.0, t_eval=[0.0, 10.0, 20.0]).target_attention[-1]
+def train(i):
+    rng = np.random.default_rng(i % 2)
+    V, E = make_embeddings(m, 19, "orthonormal", rng)
+    return batch_loss_grad(np.zeros((19, 19)), E, V, *BatchSampler(m).sample(rng, 64))[0]
+one = [flow(0), train(0), train(1)]
+with cf.ThreadPoolExecutor(4) as ex:
+    flows = list(ex.map(flow, range(8)))
+    losses = list(ex.map(train, range(16)))
+print(numba.threading_layer(), max(np.abs(f - one[0]).max() for f in flows),
+      max(abs(l - one[i % 2 + 1]) for i, l in enumerate(losses)))
+"""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    layer, flow_err, loss_err = out.stdout.split()
+    assert layer == "workqueue" and float(flow_err) == 0.0 and float(loss_err) == 0.0
+
 # ---- 9-12. the command line ------------------------------------------------------------------
 def test_help_shows_each_preset_s_defaults(capsys):
     with pytest.raises(SystemExit):

@@ -7,14 +7,24 @@ below its kernel's threshold of work and otherwise on the CPUs the process may u
 mask (read at every call: it can change while the process runs) and the CPU quota of its own
 cgroup and the cgroups above it (``_validate.cgroup_cpu_quota``; re-read every
 ``QUOTA_RECHECK`` seconds), not the machine's count. Dask workers are started with one thread
-each. The population kernels (``use_threads``) and the Monte-Carlo training kernel
-(``use_threads_for``) follow the same policy.
+each. The population kernels (``kernel_threads``) and the Monte-Carlo training kernel
+(``kernel_threads_for``) follow the same policy.
+
+Numba's threading layers are not all safe to enter from several threads at once (the
+``workqueue`` layer, the one left where neither TBB nor OpenMP is found, aborts the process on
+a concurrent launch; two OpenMP runtimes in one process, Numba's and PyTorch's, have crashed
+it). A process may well call the kernels from several threads: a Dask client with threaded
+workers, the ladder training PyTorch rungs on threads. So every parallel kernel call holds one
+process-wide lock while it runs: calls from other threads wait (each call uses every usable
+CPU anyway) and the rest of their work, PyTorch's included, goes on beside it.
 """
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+from contextlib import contextmanager
 
 import numba
 
@@ -26,6 +36,7 @@ PARALLEL_WORK = 4096
 QUOTA_RECHECK = 2.0        # seconds a read cgroup quota is trusted (a read costs ~0.1 ms)
 
 _quota_cache = {"at": -math.inf, "quota": math.inf}
+_LAUNCH = threading.RLock()       # held by every parallel kernel call (see the module's text)
 
 
 def _cgroup_cpus() -> float:
@@ -57,11 +68,14 @@ def threads_for_work(work: float, threshold: float) -> int:
     return max(1, min(available_cpus(), numba.config.NUMBA_NUM_THREADS))
 
 
-def use_threads_for(work: float, threshold: float) -> int:
-    """Set the calling thread's Numba thread count for a call of ``work`` units; returns it."""
-    n = threads_for_work(work, threshold)
-    numba.set_num_threads(n)
-    return n
+@contextmanager
+def kernel_threads_for(work: float, threshold: float):
+    """Hold the kernels' lock and set the calling thread's Numba thread count for a call of
+    ``work`` units; yields that count. Use as ``with kernel_threads_for(w, t) as n: kernel(...)``."""
+    with _LAUNCH:
+        n = threads_for_work(work, threshold)
+        numba.set_num_threads(n)
+        yield n
 
 
 def kernel_work(reduction) -> float:
@@ -76,6 +90,6 @@ def threads_for(reduction, times: int = 1) -> int:
     return threads_for_work(times * kernel_work(reduction), PARALLEL_WORK)
 
 
-def use_threads(reduction, times: int = 1) -> None:
-    """Set the calling thread's Numba thread count for a kernel call on ``reduction``."""
-    use_threads_for(times * kernel_work(reduction), PARALLEL_WORK)
+def kernel_threads(reduction, times: int = 1):
+    """``kernel_threads_for`` a kernel call on ``reduction`` (at ``times`` states at once)."""
+    return kernel_threads_for(times * kernel_work(reduction), PARALLEL_WORK)

@@ -13,7 +13,7 @@ import numpy as np
 from .._validate import check_memory, choice
 from ..model import DataModel
 from . import kernels
-from .parallel import use_threads
+from .parallel import kernel_threads
 from .reduction import Reduction
 from .state import State
 
@@ -41,14 +41,15 @@ def all_clusters(reduction: Reduction) -> np.ndarray:
 def loss(state: State, method: str = "exact", clusters=None) -> float:
     """Population loss of a single-time state (summed over ``clusters``, default all)."""
     reduction = state.reduction
-    use_threads(reduction)
     clusters = all_clusters(reduction) if clusters is None else clusters
     code = kernel_method(reduction, method)
-    if code == kernels.EXACT:
-        value = kernels.exact_population_loss(reduction, state.A_classes, state.B_classes, state.B_self, clusters)
-    else:
-        value = kernels.meanfield_population_loss(code, reduction, state.A_classes, state.B_classes, state.B_self,
+    with kernel_threads(reduction):
+        if code == kernels.EXACT:
+            value = kernels.exact_population_loss(reduction, state.A_classes, state.B_classes, state.B_self,
                                                   clusters)
+        else:
+            value = kernels.meanfield_population_loss(code, reduction, state.A_classes, state.B_classes,
+                                                      state.B_self, clusters)
     return float(value)
 
 
@@ -65,17 +66,17 @@ def loss_gradient_and_masses(state: State, method: str = "exact", clusters=None)
     ``attention_by_area`` gives it (zero outside ``clusters``), which the gradient's pass
     computes almost for free; ``masses`` is None for the mean field (observables are exact)."""
     reduction = state.reduction
-    use_threads(reduction)
     clusters = all_clusters(reduction) if clusters is None else clusters
     code = kernel_method(reduction, method)
-    if code == kernels.EXACT:
-        value, gA, gB, gS, unmasked, masked = kernels.exact_population_loss_grad(
-            reduction, state.A_classes, state.B_classes, state.B_self, clusters)
-        masses = (unmasked, masked)
-    else:
-        value, gA, gB, gS = kernels.meanfield_population_loss_grad(code, reduction, state.A_classes,
-                                                                   state.B_classes, state.B_self, clusters)
-        masses = None
+    with kernel_threads(reduction):
+        if code == kernels.EXACT:
+            value, gA, gB, gS, unmasked, masked = kernels.exact_population_loss_grad(
+                reduction, state.A_classes, state.B_classes, state.B_self, clusters)
+            masses = (unmasked, masked)
+        else:
+            value, gA, gB, gS = kernels.meanfield_population_loss_grad(code, reduction, state.A_classes,
+                                                                       state.B_classes, state.B_self, clusters)
+            masses = None
     return float(value), State(reduction, gA, gB, gS), masses
 
 
@@ -104,11 +105,10 @@ def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
     reduction = state.reduction
     check_memory(2.0 * reduction.n_clusters * reduction.n_classes ** 2,
                  f"attention of {reduction.n_classes} classes on each other")
-    use_threads(state.reduction)
     code = np.int64(kernels.METHODS[check_method(method)])
-    return ClassAttention(*kernels.class_attention_kernel(code, state.reduction,
-                                                      state.A_classes, state.B_classes, state.B_self,
-                                                      all_clusters(state.reduction)))
+    with kernel_threads(reduction):
+        return ClassAttention(*kernels.class_attention_kernel(code, reduction, state.A_classes, state.B_classes,
+                                                              state.B_self, all_clusters(reduction)))
 
 
 def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray, np.ndarray]:
@@ -119,10 +119,9 @@ def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray,
     A = np.ascontiguousarray(states.A_classes.reshape((-1,) + states.A_classes.shape[-2:]))
     B = np.ascontiguousarray(states.B_classes.reshape((-1,) + states.B_classes.shape[-2:]))
     Bs = np.ascontiguousarray(states.B_self.reshape((-1, states.B_self.shape[-1])))
-    use_threads(reduction, times=A.shape[0])
     code = np.int64(kernels.METHODS[check_method(method)])
-    unmasked, masked = kernels.area_attention_kernel(code, reduction, A, B, Bs,
-                                                 all_clusters(reduction))
+    with kernel_threads(reduction, times=A.shape[0]):
+        unmasked, masked = kernels.area_attention_kernel(code, reduction, A, B, Bs, all_clusters(reduction))
     lead = states.shape
     return unmasked.reshape(lead + unmasked.shape[1:]), masked.reshape(lead + masked.shape[1:])
 

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..model import DataModel
-from ..theory.parallel import use_threads_for
+from ..theory.parallel import kernel_threads_for
 
 # work (samples x patches x keys) of one batch below which it runs on one thread. Measured on 2
 # cores, one thread against two: idle, b = 64: P = 16 170 / 250 us, P = 36 740 / 490 us; b = 256,
@@ -103,8 +103,8 @@ def batch_loss_grad(Q: np.ndarray, E: np.ndarray, V: np.ndarray, fq: np.ndarray,
     """
     b, P = vis.shape
     RE, RV = scores(Q, E, V) if score_matrices is None else score_matrices
-    threads = use_threads_for(float(b) * P * P, TRAIN_PARALLEL_WORK)
-    loss, C1, C2 = _attention_batch(RE, RV, V.T @ V, fq, z, vis, want_grad, min(b, threads))
+    with kernel_threads_for(float(b) * P * P, TRAIN_PARALLEL_WORK) as threads:
+        loss, C1, C2 = _attention_batch(RE, RV, V.T @ V, fq, z, vis, want_grad, min(b, threads))
     if not want_grad:
         return loss / b, None
     return loss / b, (E @ (C1 / b)) @ E.T + (E @ (C2 / b)) @ V.T
