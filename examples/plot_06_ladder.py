@@ -45,7 +45,8 @@ if not HAVE_TORCH:
 # processes, which a script must start inside ``if __name__ == "__main__":``; the command line
 # does). Here the tasks run on two worker threads of this process, which suits PyTorch: it
 # releases the GIL while it computes. Every run is kept under ``out/runs/`` (a rerun skips it),
-# and the report goes to ``out/report.md``, ``out/report.json`` and ``out/ladder.png``.
+# and the report goes to ``out/report.md`` and ``out/report.json`` (the command line also draws
+# ``ladder.png`` with ``gradflow.figures.ladder.ladder_figure``).
 if QUICK:
     model = gradflow.presets.global_local(P=36, n_local=2, local_size=4, mask_ratio=0.5)
     settings = dict(rungs="model,heads4,adam", seeds=2, steps=200, n_records=20, eval_size=512)

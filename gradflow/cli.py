@@ -363,6 +363,7 @@ def cmd_ladder(args) -> int:
         raise InvalidInputError("gradflow ladder needs --out DIR (or --list)")
     model = _model_from(args)
     output_dir(args.out, "--out")
+    check_output_paths([args.out / "ladder.png", args.out / "ladder.pdf"], "ladder figure")    # before any work
     client = None
     if args.scheduler:
         from dask.distributed import Client
@@ -382,11 +383,12 @@ def cmd_ladder(args) -> int:
     finally:
         if client is not None:
             client.close()
+    from .figures.ladder import ladder_figure
+    figure = ladder_figure(result, args.out)
     print(f"gradflow ladder: {model!r}")
     print(result.table())
-    total = len(result.rows) * args.seeds
-    print(f"{total} runs ({result.computed} trained now, {total - result.computed} read from {args.out / 'runs'}); "
-          + ", ".join(str(p) for p in result.paths.values()))
+    print(f"{result.runs_line(args.out / 'runs')}; "
+          + ", ".join(str(p) for p in [*result.paths.values(), *figure.paths]))
     return 0
 
 

@@ -40,7 +40,7 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
     nrows = math.ceil(len(rungs) / ncols)
     data = {}
     with matplotlib.rc_context(STYLE):
-        fig = new_figure(2.6 * ncols + 0.4, 2.15 * nrows + 0.7)
+        fig = new_figure(max(2.6 * ncols + 0.4, 5.2), 2.15 * nrows + 0.9)     # one panel: room for titles, legend
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
         for ax, rung in zip(axes, rungs):
             row = rung.row
@@ -92,6 +92,7 @@ def ladder_figure(result, out_dir, name: str = "ladder") -> FigureResult:
                     Line2D([], [], color="grey", ls=":", lw=0.8, label="rung unscaled (c = 1)")]
         fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False, fontsize=7)
         m = result.flows[LADDER_FLOW].model if LADDER_FLOW in result.flows else next(iter(result.flows.values())).model
-        fig.suptitle(f"Does the theory hold beyond its model? {m.n_patches} patches, gamma = {m.mask_ratio}, "
+        fig.suptitle(f"Does the theory hold beyond its model?{chr(10) if ncols == 1 else ' '}{m.n_patches} patches, "
+                     f"gamma = {m.mask_ratio}, "
                      f"{result.settings['steps']} steps per run", fontsize=9)
         return save_figure(fig, out_dir, name, data)

@@ -8,7 +8,7 @@ imports torch, and it is imported only when a PyTorch trainer is called (the opt
 ``gradflow[torch]``). ``mae`` prepares the MAE's images and patches (no torch) and holds
 :func:`train_mae`.
 """
-from .mae import train_mae
+from .mae import MAEData, mae_data, train_mae
 from .run import TrainRun
 from .sgd import train_transformer
 
@@ -19,7 +19,7 @@ def train_torch(model, *, steps: int, lr: float, batch_size: int = 256, seed: in
                 init_scale: float | None = None, record_every: int = 100, record_steps=None, eval_size: int = 2048,
                 dtype: str = "float64", device=None, progress=None) -> TrainRun:
     """Train a PyTorch transformer on the model's data; the parameters are those of
-    :func:`gradflow.training.pytorch.train_torch`.
+    ``gradflow.training.pytorch.train_torch``.
 
     With the defaults it is the transformer of docs/model.md section 2 (the bottom rung of
     ``gradflow ladder``); each option departs from it in one respect. Returns a ``TrainRun``.
@@ -36,4 +36,4 @@ def train_torch(model, *, steps: int, lr: float, batch_size: int = 256, seed: in
     return _train_torch(**options)
 
 
-__all__ = ["TrainRun", "train_mae", "train_torch", "train_transformer"]
+__all__ = ["MAEData", "TrainRun", "mae_data", "train_mae", "train_torch", "train_transformer"]

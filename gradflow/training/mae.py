@@ -205,7 +205,7 @@ def train_mae(images=None, *, steps: int, lr: float, grid=DEFAULTS["grid"], n_ar
     """Train a one-layer MAE on pixel patches of real images (the ladder's rung ``mae-pixels``).
 
     The data is :func:`mae_data` (images, grid, n_areas, mask_ratio, patch, channels), or
-    ``data`` when given; the network is :class:`gradflow.training.pytorch.PatchMAE` (``dim``,
+    ``data`` when given; the network is ``gradflow.training.pytorch.PatchMAE`` (``dim``,
     ``attention``, ``mask_token``, ``init_scale``); training, records and divergence are those of
     :func:`gradflow.train_torch` (``optimizer``, ``batch_size``, ``seed``, ``record_every``,
     ``record_steps``, ``eval_size``, ``dtype``, ``device``, ``progress``).
@@ -213,7 +213,7 @@ def train_mae(images=None, *, steps: int, lr: float, grid=DEFAULTS["grid"], n_ar
     Q (or W_Q, W_K) and the positional embeddings take steps of ``lr``, and the run's time is
     t = lr x step, the flow's clock for Q; the linear maps on contents (patch embedding, mask
     token, decoder) take ``embedding_lr``, by default lr / (gamma P) with SGD and lr with Adam
-    (:func:`gradflow.training.pytorch.content_lr` says why).
+    (``gradflow.training.pytorch.content_lr`` says why).
 
     Returns
     -------
