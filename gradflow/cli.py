@@ -30,6 +30,7 @@ import numpy as np
 
 from ._validate import positive_real
 from .analysis.comparison import compare
+from .analysis.image_flows import DEFAULT_METHOD as IMAGE_METHOD
 from .analysis.verification import verify
 from .errors import InvalidInputError
 from .flow.phase_times import phases, summarize
@@ -268,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--segmentation", default="slic", help="slic, slic-pixels, felzenszwalb or voronoi "
                    "(default: %(default)s)")
     i.add_argument("--t-max", type=float, help="length of the flow (default: 5000 x the number of images)")
-    i.add_argument("--method", default="meanfield", help="meanfield or exact (default: %(default)s)")
+    i.add_argument("--method", default=IMAGE_METHOD, help="exact or meanfield (default: %(default)s)")
     i.add_argument("--query", help="masked query shown in every image as ROW,COL (default: the centre patch)")
     i.add_argument("--out", type=Path, required=True, help="directory for images.nc and the figures")
     i.add_argument("--redraw", action="store_true", help="draw again from OUT/images.nc without solving")

@@ -128,3 +128,15 @@ def test_sweep_recomputes_when_the_factory_builds_another_model(tmp_path, local_
     direct = solve(global_local(16, n_local=2, mask_ratio=0.3), 200.0)
     assert float(second["final_loss"][0]) == pytest.approx(direct.loss[-1], rel=1e-12)
     assert float(second["final_loss"][0]) != float(first["final_loss"][0])
+
+
+def test_a_sweep_without_t_max_runs_each_flow_until_converged(tmp_path, local_client):
+    from gradflow.presets import balanced
+    ds = sweep("balanced", {"P": [16]}, out=tmp_path, client=local_client)
+    direct = solve(balanced(P=16))
+    assert direct.status == 0 and "converged" in direct.message
+    assert float(ds["final_loss"][0]) == pytest.approx(direct.loss[-1], rel=1e-12)
+    assert ds.attrs["t_max"] == "until converged" and ds.attrs["failed"] == 0
+    spec = tmp_path / "grid.toml"
+    spec.write_text('preset = "balanced"\n[grid]\nP = [16]\n')          # t_max left out
+    assert main(["sweep", "--grid", str(spec), "--out", str(tmp_path)]) == 0    # the point is on disk already

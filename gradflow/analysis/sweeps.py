@@ -1,6 +1,6 @@
 """Parameter sweeps on Dask: every grid point an independent solve (or Monte-Carlo seeds).
 
-``sweep(model_factory, grid, t_max=...)`` builds every point's model first (a grid that cannot
+``sweep(model_factory, grid)`` builds every point's model first (a grid that cannot
 run is refused before any work), runs one Dask task per point (a ``LocalCluster`` of this
 machine's cores by default, or the given ``client``), writes every finished point to
 ``out/point-KEY.nc`` so that a rerun skips it, records a failed point's error without stopping,
@@ -45,7 +45,7 @@ FILE_KEYS = ("preset", "t_max", "method", "fixed", "grid", "mc")
 EXAMPLE = """\
 # A gradflow sweep: run it with  gradflow sweep --grid sweep.toml --out results/
 preset = "global_local"      # a name in gradflow.presets.PRESETS (global_local, balanced, voronoi)
-t_max = 1e4                  # length of every flow
+t_max = 1e4                  # optional: length of every flow (left out: each flow until converged)
 method = "exact"             # optional: exact (default) or meanfield
 
 [fixed]                      # optional: preset options shared by every point
@@ -64,13 +64,14 @@ mask_ratio = [0.3, 0.5]
 """
 
 
-def point_key(model: DataModel, t_max: float, method: str, mc) -> str:
-    """Cache key of a point: hash of what determines its result."""
-    spec = json.dumps([model.fingerprint(), float(t_max), method, mc, __version__], sort_keys=True, default=str)
+def point_key(model: DataModel, t_max: float | None, method: str, mc) -> str:
+    """Cache key of a point: hash of what determines its result (t_max None: until converged)."""
+    spec = json.dumps([model.fingerprint(), None if t_max is None else float(t_max), method, mc, __version__],
+                      sort_keys=True, default=str)
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
-def run_point(model: DataModel, t_max: float, method: str, mc, path: str | None) -> dict:
+def run_point(model: DataModel, t_max: float | None, method: str, mc, path: str | None) -> dict:
     """Solve one grid point and summarise it; never raises (errors are returned)."""
     start = time.perf_counter()
     out = dict.fromkeys(SUMMARY, np.nan)
@@ -217,7 +218,7 @@ def _gather(grid: dict, results: dict) -> xr.Dataset:
     return xr.Dataset(data, coords={k: np.asarray(v) for k, v in grid.items()})
 
 
-def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fixed: dict | None = None,
+def sweep(model_factory, grid: dict, *, t_max: float | None = None, method: str = "exact", fixed: dict | None = None,
           mc: dict | None = None, out=None, client=None, progress=None) -> xr.Dataset:
     """Solve ``model_factory(**fixed, **point)`` at every point of ``grid`` as Dask tasks.
 
@@ -227,7 +228,8 @@ def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fix
         A preset name ("global_local", "balanced") or a picklable function returning a DataModel.
     grid : dict
         Parameter name -> values; the sweep covers their Cartesian product.
-    t_max, method : passed to ``solve``.
+    t_max, method : passed to ``solve``; t_max None (the default) integrates every point until
+        its flow has converged (``solve``'s convergence stop).
     fixed : dict, optional
         Further keyword arguments for every point.
     mc : dict, optional
@@ -247,7 +249,8 @@ def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fix
         One dimension per grid parameter; variables final_loss, oracle_loss,
         min_target_fraction, T1, T2, T3 (median over local queries; NaN: not reached),
         diversity, mc_max_error, status, nfev, wall_time, and error ("" where the point
-        succeeded). ``attrs``: ``computed`` (points run now), ``points``, ``failed``.
+        succeeded). ``attrs``: ``computed`` (points run now), ``points``, ``failed``, ``t_max``
+        (the string "until converged" when None).
     """
     build, name = _factory(model_factory)
     grid = _check_grid(grid)
@@ -255,7 +258,7 @@ def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fix
         raise InvalidInputError(f"fixed must be a mapping of preset options, got {fmt(fixed)}")
     fixed = dict(fixed or {})
     check_disjoint(grid, fixed)
-    t_max = positive_real("t_max", t_max)
+    t_max = None if t_max is None else positive_real("t_max", t_max)
     check_method(method)
     mc = check_mc(mc)
     points = _build_points(build, grid, fixed)
@@ -277,7 +280,7 @@ def sweep(model_factory, grid: dict, *, t_max: float, method: str = "exact", fix
     results.update(_run(todo, client, progress))
     ds = _gather(grid, results)
     failed = int((ds["error"].values != "").sum())
-    ds.attrs.update(model_factory=name, t_max=float(t_max), method=method, fixed=json.dumps(fixed, default=str),
+    ds.attrs.update(model_factory=name, t_max="until converged" if t_max is None else float(t_max), method=method, fixed=json.dumps(fixed, default=str),
                     mc=json.dumps(mc, default=str), computed=len(todo), points=len(points), failed=failed,
                     gradflow_version=__version__)
     if out_dir is not None:
@@ -292,7 +295,7 @@ def read_sweep_file(grid_file) -> dict:
     spec = read_toml(path, "grid file")
     where = f"grid file {str(path)!r}"
     check_keys(spec, FILE_KEYS, where)
-    for key in ("preset", "t_max", "grid"):
+    for key in ("preset", "grid"):
         if key not in spec:
             raise ConfigError(f"{where} needs '{key}'")
     if not isinstance(spec["preset"], str) or spec["preset"] not in PRESETS:
@@ -301,7 +304,8 @@ def read_sweep_file(grid_file) -> dict:
         if key in spec and not isinstance(spec[key], dict):
             raise ConfigError(f"{where}: [{key}] must be a table, got {fmt(spec[key])}")
     try:
-        positive_real("t_max", spec["t_max"])
+        if "t_max" in spec:
+            positive_real("t_max", spec["t_max"])
         check_method(spec.get("method", "exact"))
         check_mc(spec.get("mc"))
         check_disjoint(spec["grid"], spec.get("fixed", {}))
@@ -321,7 +325,8 @@ def sweep_from_file(grid_file, out, scheduler: str | None = None, progress=None)
         except OSError as exc:
             raise InvalidInputError(f"scheduler {scheduler!r} could not be reached: {exc}") from None
     try:
-        return sweep(spec["preset"], spec["grid"], t_max=float(spec["t_max"]), method=spec.get("method", "exact"),
+        t_max = float(spec["t_max"]) if "t_max" in spec else None
+        return sweep(spec["preset"], spec["grid"], t_max=t_max, method=spec.get("method", "exact"),
                      fixed=spec.get("fixed"), mc=spec.get("mc"), out=out, client=client, progress=progress)
     finally:
         if client is not None:
