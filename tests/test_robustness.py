@@ -388,6 +388,12 @@ def test_the_training_kernel_follows_the_thread_policy(monkeypatch):
     monkeypatch.setattr(tr, "TRAIN_PARALLEL_WORK", 1)
     tr.batch_loss_grad(np.zeros((19, 19)), E, V, *BatchSampler(m).sample(rng, 8))
     assert numba.get_num_threads() == 2
+    from gradflow.theory.parallel import at_most_threads
+    with at_most_threads(1):               # a cap for this thread's calls (timings of one core)
+        tr.batch_loss_grad(np.zeros((19, 19)), E, V, *BatchSampler(m).sample(rng, 8))
+        assert numba.get_num_threads() == 1
+    tr.batch_loss_grad(np.zeros((19, 19)), E, V, *BatchSampler(m).sample(rng, 8))
+    assert numba.get_num_threads() == 2
 
 
 

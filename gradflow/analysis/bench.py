@@ -278,6 +278,19 @@ def bench_shared_machine(row, quick):
                 hog.wait()
 
 
+def bench_training(row, quick):
+    """SGD steps per second of the Numba trainer and of the PyTorch bottom rung (the same
+    transformer) on the paper preset, one thread each as the ladder's workers run them."""
+    import importlib.util
+
+    from .ladder import steps_per_second
+    which = ("numba", "torch") if importlib.util.find_spec("torch") is not None else ("numba",)
+    rates = steps_per_second(global_local(64), steps=20 if quick else 100, which=which)
+    for name, rate in rates.items():
+        row(f"training P=64, batch 256, one thread: {name}", rate, "steps/s",
+            "float64, no records" + ("" if "torch" in rates else "; PyTorch not installed"))
+
+
 def run(quick: bool = False, progress=print) -> list:
     """Run the benchmarks; returns rows of dicts (name, value, unit, note)."""
     rows = []
@@ -295,6 +308,7 @@ def run(quick: bool = False, progress=print) -> list:
     bench_throughput(row, quick)
     bench_vit_scale(row, quick)
     bench_shared_machine(row, quick)
+    bench_training(row, quick)
     bench_dask(row, quick)
     return rows
 

@@ -37,6 +37,7 @@ QUOTA_RECHECK = 2.0        # seconds a read cgroup quota is trusted (a read cost
 
 _quota_cache = {"at": -math.inf, "quota": math.inf}
 _LAUNCH = threading.RLock()       # held by every parallel kernel call (see the module's text)
+_CAP = threading.local()          # this thread's cap on kernel threads (``at_most_threads``)
 
 
 def _cgroup_cpus() -> float:
@@ -65,7 +66,19 @@ def threads_for_work(work: float, threshold: float) -> int:
     break-even), else the usable CPUs."""
     if work < threshold:
         return 1
-    return max(1, min(available_cpus(), numba.config.NUMBA_NUM_THREADS))
+    return max(1, min(available_cpus(), numba.config.NUMBA_NUM_THREADS, getattr(_CAP, "n", math.inf)))
+
+
+@contextmanager
+def at_most_threads(n: int):
+    """Kernel calls of this thread use at most ``n`` threads inside the block (timings of one
+    core, a worker sharing its machine); the policy above still decides below that."""
+    before = getattr(_CAP, "n", math.inf)
+    _CAP.n = max(1, int(n))
+    try:
+        yield
+    finally:
+        _CAP.n = before
 
 
 @contextmanager
