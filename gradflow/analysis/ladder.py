@@ -980,9 +980,9 @@ def steps_per_second(model: DataModel, *, steps: int = 50, batch_size: int = DEF
     if "numba" in which:
         import numba
 
+        from ..theory.parallel import at_most_threads
         from ..training.sampling import BatchSampler
         from ..training.transformer import batch_loss_grad, make_embeddings
-        from ..theory.parallel import at_most_threads
         before = numba.get_num_threads()
         try:
             with at_most_threads(threads):
