@@ -162,3 +162,18 @@ def test_a_diverging_run_stops_and_says_so(lr):
         run = train_transformer(model, steps=40, lr=lr, batch_size=16, record_every=10)
     assert run.status == -1 and "lower lr" in run.message
     assert run.step[-1] < 40 and np.all(np.isfinite(run.target_attention))       # the records kept are sane
+
+
+@pytest.mark.parametrize("embeddings", ["orthonormal", "gaussian"])
+def test_the_embedding_width_is_at_least_f_plus_p(small_flow, embeddings):
+    """docs/model.md section 2: d >= F + P for both kinds of embeddings; F + P itself is the
+    default, one less is refused naming the bound, and a wider run keeps A and B of shape
+    (P, F) and (P, P)."""
+    model, _ = small_flow
+    d_min = model.n_features + model.n_patches
+    args = dict(steps=4, lr=0.1, batch_size=4, record_every=2, embeddings=embeddings)
+    assert train_transformer(model, **args).Q.shape == (d_min, d_min)
+    with pytest.raises(ValueError, match=rf"d must be an integer >= F \+ P = {d_min}.*got {d_min - 1}"):
+        train_transformer(model, d=d_min - 1, **args)
+    wide = train_transformer(model, d=d_min + 5, **args)
+    assert wide.Q.shape == (d_min + 5, d_min + 5) and wide.A.shape[1:] == (model.n_patches, model.n_features)

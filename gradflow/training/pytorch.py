@@ -69,7 +69,6 @@ import torch
 from .._validate import (
     choice,
     instance,
-    is_int,
     is_real,
     nonnegative_int,
     positive_int,
@@ -81,7 +80,7 @@ from ..model import DataModel
 from ..theory.population import target_attention_at
 from .run import TrainRun
 from .sampling import BatchSampler
-from .sgd import _progress_bar
+from .sgd import _progress_bar, check_width
 from .transformer import make_embeddings
 
 ATTENTIONS = ("merged", "factorized")
@@ -358,14 +357,7 @@ def train_torch(model: DataModel, *, steps: int, lr: float, batch_size: int = 25
     heads, depth = positive_int("heads", heads), positive_int("depth", depth)
     if not isinstance(layernorm, (bool, np.bool_)):
         raise InvalidInputError(f"layernorm must be True or False, got {layernorm!r}")
-    d_min = model.n_features + model.n_patches
-    if dim is None:
-        d = d_min
-    elif is_int(dim) and dim >= d_min:
-        d = int(dim)
-    else:
-        raise InvalidInputError(f"dim must be an integer >= F + P = {d_min} (the width that holds the data's "
-                                f"embeddings), got {dim!r}")
+    d = check_width(model, dim, "dim")
     init_scale = _init_scale(init_scale, attention, heads, d)
     grid = _record_steps(steps, record_every, record_steps)
     dev, tdtype = _device(device), DTYPES[dtype]

@@ -39,13 +39,15 @@ from .transformer import batch_loss_grad, make_embeddings, scores, warm_up
 EMBEDDINGS = ("orthonormal", "gaussian")
 
 
-def check_width(model: DataModel, d) -> int:
-    """The embedding width: default and minimum F + P (orthonormal features and positions)."""
+def check_width(model: DataModel, d, name: str = "d") -> int:
+    """The embedding width ``name``: default and minimum F + P (orthonormal features and
+    positions need that many dimensions; docs/model.md section 2)."""
     d_min = model.n_features + model.n_patches
     if d is None:
         return d_min
     if not is_int(d) or d < d_min:
-        raise InvalidInputError(f"d must be an integer >= F + P = {d_min}, got {d!r}")
+        raise InvalidInputError(f"{name} must be an integer >= F + P = {d_min} (the width that holds the data's "
+                                f"embeddings), got {d!r}")
     return int(d)
 
 
