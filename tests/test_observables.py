@@ -253,3 +253,21 @@ def test_observables_refuse_what_is_not_a_trajectory(bad):
         attention_diversity(bad)
     with pytest.raises(gradflow.InvalidInputError, match="t_eval"):
         gradflow.solve(global_local(36, n_local=2), 1.0, t_eval=["0", "1"])
+
+
+def test_summaries_take_medians_over_positions_not_classes():
+    """docs/model.md section 5: the median of a phase time runs over (cluster, position) pairs,
+    so a large area weighs by its size; a phase reached by fewer than half is "not reached"."""
+    from gradflow.flow.phase_times import median_time, summarize
+    labels = [[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [2, 2, 2, 2, 2, 1]]     # global 11, local 5 and 2
+    model = DataModel(grid=(3, 6), mask_ratio=0.5, clusters=[Cluster(labels)])
+    ph = phases(gradflow.solve(model, t_max=400.0))
+    area = np.asarray(labels).ravel()
+    T2_big, T2_small = ph.T2[0, area == 2], ph.T2[0, area == 1]
+    assert np.ptp(T2_big) == 0 and np.ptp(T2_small) == 0 and T2_big[0] != T2_small[0]
+    local = summarize(ph).groups["local"]
+    assert local.n_queries == 7 and local.reached["T2"] == (7, 7)
+    assert local.median["T2"] == T2_big[0]                      # 5 of the 7 local positions
+    assert local.median["T2"] != 0.5 * (T2_big[0] + T2_small[0])     # what a median over classes gives
+    assert median_time([1.0, 2.0, np.nan]) == 2.0
+    assert np.isnan(median_time([1.0, np.nan, 2.0, np.nan]))   # half not reached: not reached
