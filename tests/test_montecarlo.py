@@ -81,11 +81,18 @@ def _rms_error(sol, lr, seeds):
     return c, float(np.sqrt(np.mean(c["target_attention"].abs_error ** 2)))
 
 
-def test_training_follows_the_flow_and_converges_as_lr_shrinks(small_flow):
+def test_training_follows_the_flow(small_flow):
+    _, sol = small_flow
+    c, _ = _rms_error(sol, 0.02, seeds=range(4))
+    assert c.ok(0.05) and c["target_attention"].max_abs_error < 0.05
+    assert np.ptp(c["target_attention"].flow) > 0.1          # the attention did move a lot
+
+
+@pytest.mark.slow
+def test_training_converges_to_the_flow_as_lr_shrinks(small_flow):
     _, sol = small_flow
     c1, rms1 = _rms_error(sol, 0.01, seeds=range(4))
     assert c1.ok(0.05) and c1["target_attention"].max_abs_error < 0.05
-    assert np.ptp(c1["target_attention"].flow) > 0.1          # the attention did move a lot
     _, rms2 = _rms_error(sol, 0.005, seeds=range(4))
     assert rms2 < rms1
 
