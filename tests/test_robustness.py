@@ -500,3 +500,38 @@ def test_trajectory_helper_refuses_what_is_not_a_result(small):
     assert trajectory("result", sol) is sol and trajectory("result", run) is run
     with pytest.raises(InvalidInputError, match="result must be a Solution or TrainRun, got str 'x'"):
         trajectory("result", "x")
+
+
+WORKER_THREADS_SCRIPT = """
+import os
+import gradflow              # a script that imports gradflow: so does every worker it spawns, first
+from gradflow.analysis.cluster import ONE_THREAD, local_client
+
+
+def threads():
+    import numba
+    return numba.config.NUMBA_NUM_THREADS, numba.get_num_threads()
+
+
+if __name__ == "__main__":
+    before = {k: os.environ.get(k) for k in ONE_THREAD}
+    with local_client(2) as client:
+        print(sorted(set(client.run(threads).values())), len(client.run(threads)))
+    print({k: os.environ.get(k) for k in ONE_THREAD} == before)
+"""
+
+
+def test_local_cluster_workers_run_one_numba_thread_and_leave_this_environment_alone(tmp_path):
+    """Dask sets a worker's env= variables after the worker has imported the script's modules
+    (gradflow and Numba): the cluster gradflow starts must spawn its workers with one thread, or
+    two workers on two cores run four threads; this process's environment stays as it was."""
+    import subprocess
+    import sys
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs (with one, Numba starts one thread anyway)")
+    script = tmp_path / "workers.py"
+    script.write_text(WORKER_THREADS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[(1, 1)] 2", "True"]
