@@ -1,6 +1,7 @@
 """The kernels' building blocks against independent references: the vectorisable exponential
 against the C library, and the exact kernel's fast pair pass against its general form."""
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -80,3 +81,37 @@ def test_padding_pairs_are_neutral():
     real = ~pad
     assert math.isclose(keys.pair_m[real].sum(), sum(
         reduction.other_keys[0, r] * reduction.n_atoms[reduction.key_feature[1, r]] for r in range(S)))
+
+
+def test_numba_cache_is_dropped_when_a_compiled_in_source_changes(tmp_path):
+    """Numba checks a cached function only against its own file; numba_cache.refresh drops a
+    module's cached code when any file it compiles in changed (and only then)."""
+    from types import SimpleNamespace
+
+    from gradflow.theory import kernels, numba_cache
+    dep = tmp_path / "dep.py"
+    dep.write_text("X = 1\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+
+    def fake():
+        pass
+    fake.__module__ = "pkg.mod"
+    dispatcher = SimpleNamespace(py_func=fake, _cache=SimpleNamespace(_cache_path=str(cache)))
+    module = {"__name__": "pkg.mod", "f": dispatcher}
+    cached = [cache / "mod.f-1.py311.nbi", cache / "mod.f-1.py311.1.nbc"]
+    other = cache / "modx.g-1.py311.nbi"                      # another module's cache stays
+    for path in cached + [other]:
+        path.write_text("code")
+    assert numba_cache.refresh(module, [dep])                  # no stamp yet: dropped, stamped
+    assert not any(p.exists() for p in cached) and other.exists()
+    for path in cached:
+        path.write_text("code")                                # compiled again
+    assert not numba_cache.refresh(module, [dep]) and all(p.exists() for p in cached)
+    dep.write_text("X = 2\n")                                  # the source changes
+    assert numba_cache.refresh(module, [dep]) and not any(p.exists() for p in cached)
+    # the kernels' own stamp covers every file they compile in
+    stamp = Path(kernels.exact_population_loss_grad._cache._cache_path) / "kernels.sources.sha256"
+    assert {p.name for p in kernels.CACHE_SOURCES} == {"kernels.py", "_generated.py", "quadrature.py", "vector_math.py"}
+    if stamp.exists():
+        assert stamp.read_text() == numba_cache.source_digest(kernels.CACHE_SOURCES)

@@ -19,7 +19,7 @@ from ..flow.solver import solve
 from ..io import atomic_path, check_output_path
 from ..model import Amplitude, Cluster, DataModel
 from ..model.presets import global_local, voronoi
-from ..theory import kernels
+from ..theory import kernels, numba_cache
 from ..theory._generated import exact_key_derivatives, exact_key_moments
 from ..theory.per_position import population_grad
 from ..theory.state import State
@@ -321,3 +321,6 @@ def main(quick: bool = False, json_path=None) -> list:
         with atomic_path(json_path) as tmp:
             Path(tmp).write_text(json.dumps({"quick": quick, "rows": rows}, indent=1))
     return rows
+
+
+numba_cache.refresh(globals(), (Path(__file__), *kernels.CACHE_SOURCES))    # its kernels compile in theory's

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -40,6 +41,7 @@ from ._generated import (
     meanfield_other_share_grad,
     meanfield_query_terms,
 )
+from . import numba_cache
 from .quadrature import G_STOP, T_CAP, grid, node
 from .vector_math import exp_nonpositive
 
@@ -94,7 +96,7 @@ class AreaTerms(NamedTuple):
 # and attention passes
 TA, TB, U, W, PSI, SHIFT = 0, 1, 2, 3, 4, 5
 N_STORED = 6
-LANES = 8           # pairs per vector block (AVX-512 holds 8 doubles)
+LANES = 4           # pairs per vector block
 # LLVM may reorder the sums of the pair loops (and fuse multiply-adds) so as to vectorise them
 VECTOR_FLAGS = {"reassoc", "contract"}
 
@@ -988,3 +990,9 @@ def compiled_before() -> bool:
                    for kernel in (exact_population_loss_grad, area_attention_kernel))
     except AttributeError:          # another Numba's internals: assume compiled, say nothing
         return True
+
+
+# every file whose code these kernels compile in: Numba's cache sees only this one (numba_cache)
+CACHE_SOURCES = tuple(Path(__file__).with_name(name)
+                      for name in ("kernels.py", "_generated.py", "quadrature.py", "vector_math.py"))
+numba_cache.refresh(globals(), CACHE_SOURCES)
