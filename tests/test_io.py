@@ -1,4 +1,7 @@
 """Saved results: NetCDF round trips, atomic writes, clear errors on bad files."""
+import errno
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gradflow.presets import global_local
@@ -165,3 +168,28 @@ def test_missing_pieces_of_a_file_are_named(tmp_path, model):
     ds.to_netcdf(tmp_path / "no_state.nc")
     with pytest.raises(gradflow.FileFormatError, match=r"no_state.nc.*lacks variable 'B_self'"):
         Solution.load(tmp_path / "no_state.nc")
+
+
+def test_a_write_that_fails_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    """NetCDF reports a full disk as 'RuntimeError: NetCDF: HDF error'; the write is refused as
+    an output problem naming the free space (a one-line exit 2 on the command line), the partial
+    file removed; on a disk with room the original error goes through unchanged."""
+    import shutil
+    from collections import namedtuple
+
+    from gradflow import OutputPathError
+    usage = namedtuple("usage", "total used free")
+    target = tmp_path / "flow.nc"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OutputPathError, match=r"the disk is full \(4096 bytes free"):
+        with atomic_path(target) as tmp:
+            Path(tmp).write_bytes(b"partial")
+            raise RuntimeError("NetCDF: HDF error")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 10**12))
+    with pytest.raises(RuntimeError, match="HDF error"):
+        with atomic_path(target) as tmp:
+            raise RuntimeError("NetCDF: HDF error")
+    with pytest.raises(OutputPathError, match="disk is full"):          # ENOSPC, whatever is free
+        with atomic_path(target) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device")

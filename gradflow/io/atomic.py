@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +138,24 @@ def remove_stale_temporaries(target: Path) -> list:
     return removed
 
 
+DISK_FULL_BYTES = 1 << 20       # free space below which a failed write is put down to a full disk
+
+
+def _disk_full(exc: BaseException, directory: Path):
+    """Free bytes in ``directory`` when ``exc`` (a failed write) came from a full disk, else None.
+
+    NetCDF reports a full disk as ``RuntimeError: NetCDF: HDF error``, so besides ENOSPC a failed
+    write into a directory with less than DISK_FULL_BYTES free (the partial file removed) counts."""
+    if not isinstance(exc, Exception):
+        return None
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return None
+    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return free if no_space or free < DISK_FULL_BYTES else None
+
+
 @contextmanager
 def atomic_path(path, what: str = "output"):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
@@ -159,7 +178,11 @@ def atomic_path(path, what: str = "output"):
         with open(tmp, "rb+") as fh:          # the data is on disk before the rename
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = _disk_full(exc, target.parent)
+        if full is not None:            # the machine's state, not a failure of gradflow: say it plainly
+            raise OutputPathError(f"{what} {str(target)!r} could not be written: the disk is full "
+                                  f"({full} bytes free in {str(target.parent)!r})") from exc
         raise
