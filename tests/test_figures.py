@@ -30,6 +30,7 @@ def _extent(fig, artist):
     return artist.get_window_extent(fig.canvas.get_renderer())
 
 
+@pytest.mark.slow
 def test_files_are_the_drawn_figures(quick):
     """Each PNG decodes to the figure's size at the style's dpi and is not blank; each PDF's page
     is the figure's size in points."""
@@ -142,6 +143,7 @@ def check_diversity(res, sol):
         assert T == pytest.approx(summary.time(name), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_figure_data(quick, quick_flow):
     _, r = quick
     model, sol = quick_flow

@@ -16,7 +16,7 @@ def test_hessian_formula_matches_sympy():
     assert derive.meanfield_hessian_check(seed=1) < 1e-40
 
 
-@pytest.mark.parametrize("which", ["signature", "position"])
+@pytest.mark.parametrize("which", ["signature", pytest.param("position", marks=pytest.mark.slow)])
 def test_jacobian_equals_finite_differences(which):
     m = DataModel(n_patches=7, mask_ratio=0.35, clusters=[
         Cluster([0, 0, 1, 1, 1, 2, 2], prob=0.4, amplitudes={1: Amplitude([1.7])}),
@@ -32,6 +32,7 @@ def test_jacobian_equals_finite_differences(which):
     assert np.abs(J - fd).max() <= 1e-7 * np.abs(fd).max()
 
 
+@pytest.mark.slow
 def test_solve_with_analytic_jacobian_agrees(monkeypatch):
     """Radau and BDF with the analytic Jacobian call it, and land on a tight RK45 reference."""
     import gradflow.flow.solver as solve_module
