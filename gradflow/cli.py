@@ -516,7 +516,7 @@ def first_run_notice(args) -> str | None:
         cold.append("the training")
     if not cold:
         return None
-    return (f"gradflow: first run: compiling {' and '.join(cold)} kernels (up to half a minute); they are cached "
+    return (f"gradflow: first run: compiling {' and '.join(cold)} kernels (about half a minute); they are cached "
             f"for the next runs")
 
 
