@@ -140,6 +140,16 @@ def test_huge_requests_are_refused_before_allocating():
     with pytest.raises(InvalidInputError, match="GiB"):
         np.asarray(sol.B)
     assert sol.B[1, 5, 7] == sol.B_classes[1, m.class_of[5], m.class_of[7]]      # one entry is fine
+    # each of these refuses at once, naming what was asked, instead of NumPy's MemoryError (B) or
+    # an unclear failure after seconds of work (the maps, the per-position Dataset)
+    for ask, name in ((lambda: sol.B[-1], r"B\[-1\] of the per-position B \(2, 1000000, 1000000\)"),
+                      (lambda: sol.state(-1).B, r"the per-position B \(1000000, 1000000\)"),
+                      (lambda: sol.attention_map(-1), r"attention maps of 1 cluster\(s\) at P = 1000000"),
+                      (lambda: sol.to_xarray(per_position=True), r"to_xarray\(per_position=True\) \(A, B and target_attention at 2 times, P = 1000000\)")):
+        with pytest.raises(InvalidInputError, match=name + r" would need [\d.]+ GiB of memory"):
+            ask()
+    row = sol.B[-1, 5]                               # one row (P numbers) is fine
+    assert row.shape == (10**6,) and row[7] == sol.B[1, 5, 7] and row[5] == sol.B_self[1, m.class_of[5]]
     from gradflow.theory.reduction import position_reduction
     big = gradflow.DataModel(n_patches=10**5, clusters=[gradflow.Cluster(np.arange(10**5) % 3)])
     with pytest.raises(InvalidInputError, match=r"would need 2\d\d\.\d GiB"):   # 3 x 10^10 numbers

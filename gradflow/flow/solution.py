@@ -206,6 +206,10 @@ class Solution:
         target_attention (time, cluster, query).
         """
         m, reduction = self.model, self.reduction
+        if per_position:
+            T, P = self.t.size, m.n_patches
+            check_memory(T * P * (m.n_features + P + m.n_clusters),
+                         f"to_xarray(per_position=True) (A, B and target_attention at {T} times, P = {P})")
         data = {
             "A_classes": (("time", "class", "feature"), self.A_classes),
             "B_classes": (("time", "class", "key_class"), self.B_classes),
@@ -370,6 +374,9 @@ class PerPosition:
             rows, cols = np.broadcast_arrays(np.asarray(p), np.asarray(q))
         else:                       # slices (and one array) cross
             rows, cols = np.atleast_1d(p)[:, None], np.atleast_1d(q)[None, :]
+        n_times = np.arange(self.shape[0])[t_key].size
+        check_memory(2.0 * n_times * np.broadcast(rows, cols).size,     # the entries and one copy
+                     f"{self.which}[{_key_text(key)}] of the per-position {self.which} {self.shape}")
         if self.which == "A":
             out = self.states.A_classes[t_key][..., c[rows], cols]
         else:
@@ -388,3 +395,12 @@ class PerPosition:
 
     def __repr__(self) -> str:
         return f"<per-position {self.which} {self.shape}, expanded where indexed>"
+
+
+def _key_text(key: tuple) -> str:
+    """An index written as it was typed: (-1, slice(None)) -> '-1, :'."""
+    def one(k):
+        if isinstance(k, slice):
+            return ":" if k == slice(None) else f"{'' if k.start is None else k.start}:{'' if k.stop is None else k.stop}"
+        return "array" if np.ndim(k) else repr(k)
+    return ", ".join(one(k) for k in key)

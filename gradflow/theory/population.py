@@ -150,13 +150,14 @@ def attention_maps(state: State, method: str = "exact", part: str = "total", clu
     query's weight on itself. ``part`` keeps only keys that are "unmasked" or "masked".
     """
     choice("part", part, ("total", "unmasked", "masked"))
-    att = attention_by_class(state, method)
-    per_class = {"total": att.unmasked + att.masked, "unmasked": att.unmasked, "masked": att.masked}[part]
     reduction = state.reduction
     clusters = range(reduction.n_clusters) if clusters is None else clusters
     P = reduction.n_positions
+    # refused before the (slow, at large P) attention pass, not after it
     check_memory(2.0 * reduction.n_clusters * reduction.n_classes ** 2 + len(clusters) * P * P,
                  f"attention maps of {len(clusters)} cluster(s) at P = {P}")
+    att = attention_by_class(state, method)
+    per_class = {"total": att.unmasked + att.masked, "unmasked": att.unmasked, "masked": att.masked}[part]
     with np.errstate(invalid="ignore", divide="ignore"):
         per_key = np.where(reduction.other_keys > 0, per_class / reduction.other_keys, 0.0)
     c = reduction.class_of

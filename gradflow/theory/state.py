@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import real_array
+from .._validate import check_memory, real_array
 from ..errors import InvalidInputError
 from ..model import DataModel
 from .reduction import Reduction, position_reduction
@@ -93,12 +93,19 @@ class State:
     @property
     def A(self) -> np.ndarray:
         """(..., P, F) feature-position correlations e_p^T Q v_f."""
+        lead = float(np.prod(self.shape))
+        check_memory(lead * self.reduction.n_positions * self.reduction.n_features,
+                     f"the per-position A {self.shape + (self.reduction.n_positions, self.reduction.n_features)}")
         return self.A_classes[..., self.reduction.class_of, :]
 
     @property
     def B(self) -> np.ndarray:
         """(..., P, P) position-position correlations e_p^T Q e_q (diagonal: B_self)."""
         c = self.reduction.class_of
+        P, S = c.size, self.reduction.n_classes
+        lead = float(np.prod(self.shape))
+        # the (..., P, S) intermediate and the (..., P, P) result exist at once
+        check_memory(lead * (P * S + 2.0 * P * P), f"the per-position B {self.shape + (P, P)}")
         out = self.B_classes[..., c, :][..., :, c].copy()
         idx = np.arange(c.size)
         out[..., idx, idx] = self.B_self[..., c]
