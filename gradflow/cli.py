@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import sys
 import time
@@ -555,6 +556,11 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("gradflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (gradflow solve | head): stop quietly, as Unix tools do; stdout is
+        # pointed at devnull so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:            # a failure of gradflow itself, not of the input
         if args.debug:
             raise

@@ -77,6 +77,16 @@ def test_default_job_prints_summary():
     assert "phases of local queries (16): T1" in out.stdout and "wall time" in out.stdout
 
 
+def test_a_reader_that_goes_away_stops_the_output_quietly():
+    # gradflow solve | head: the pipe is closed before the first line is written
+    proc = subprocess.Popen([sys.executable, "-m", "gradflow", "solve", "--t-max", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 141, err          # 128 + SIGPIPE, as a Unix tool that met a closed pipe
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
 @pytest.mark.parametrize("body, needle", [
     ("clusters = 5", "clusters"),
     ("clusters = [5]", "clusters[0]"),
