@@ -111,7 +111,7 @@ def test_numba_cache_is_dropped_when_a_compiled_in_source_changes(tmp_path):
     dep.write_text("X = 2\n")                                  # the source changes
     assert numba_cache.refresh(module, [dep]) and not any(p.exists() for p in cached)
     # the kernels' own stamp covers every file they compile in
-    stamp = Path(kernels.exact_population_loss_grad._cache._cache_path) / "kernels.sources.sha256"
+    stamp = Path(kernels.exact_loss_grad_rows._cache._cache_path) / "kernels.sources.sha256"
     assert {p.name for p in kernels.CACHE_SOURCES} == {"kernels.py", "_generated.py", "quadrature.py", "vector_math.py"}
     if stamp.exists():
         assert stamp.read_text() == numba_cache.source_digest(kernels.CACHE_SOURCES)

@@ -20,6 +20,7 @@ from ..io import atomic_path, check_output_path
 from ..model import Amplitude, Cluster, DataModel
 from ..model.presets import global_local, voronoi
 from ..theory import kernels, numba_cache
+from ..theory.parallel import threads_for
 from ..theory._generated import exact_key_derivatives, exact_key_moments
 from ..theory.per_position import population_grad
 from ..theory.state import State
@@ -161,7 +162,7 @@ def bench_throughput(row, quick):
     state = trained_like_state(reduction)
     total, padding = count_pair_evaluations(reduction, state.A_classes, state.B_classes, state.B_self)
     t = best_time(lambda: loss_and_gradient(state), repeat=2 if quick else 3)
-    threads = numba.get_num_threads()
+    threads = threads_for(reduction)
     rate = (total - padding) / t
     rng = np.random.default_rng(0)
     beta = np.exp(0.3 * rng.standard_normal(512))

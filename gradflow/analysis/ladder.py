@@ -978,31 +978,25 @@ def steps_per_second(model: DataModel, *, steps: int = 50, batch_size: int = DEF
         choice("which", name, ("numba", "torch"))
     out = {}
     if "numba" in which:
-        import numba
-
         from ..theory.parallel import at_most_threads
         from ..training.sampling import BatchSampler
         from ..training.transformer import batch_loss_grad, make_embeddings
-        before = numba.get_num_threads()
-        try:
-            with at_most_threads(threads):
-                rng = np.random.default_rng(seed)
-                V, E = make_embeddings(model, model.n_features + model.n_patches, "orthonormal", rng)
-                Q, sampler = np.zeros((E.shape[0], E.shape[0])), BatchSampler(model)
+        with at_most_threads(threads):
+            rng = np.random.default_rng(seed)
+            V, E = make_embeddings(model, model.n_features + model.n_patches, "orthonormal", rng)
+            Q, sampler = np.zeros((E.shape[0], E.shape[0])), BatchSampler(model)
 
-                def step():                       # the step of train_transformer, without its records
-                    nonlocal Q
-                    _, dQ = batch_loss_grad(Q, E, V, *sampler.sample(rng, batch_size))
-                    Q = Q - lr * dQ
+            def step():                       # the step of train_transformer, without its records
+                nonlocal Q
+                _, dQ = batch_loss_grad(Q, E, V, *sampler.sample(rng, batch_size))
+                Q = Q - lr * dQ
 
-                for _ in range(warmup):
-                    step()
-                start = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                out["numba"] = steps / (time.perf_counter() - start)
-        finally:
-            numba.set_num_threads(before)
+            for _ in range(warmup):
+                step()
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            out["numba"] = steps / (time.perf_counter() - start)
     if "torch" in which:
         try:
             import torch

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._generated import (
     exact_key_derivatives,
@@ -833,11 +833,14 @@ def closed_form_loss_grad(reduction, A, B, B_self, s, k, grad_A_row, grad_B_row)
     return loss, math.exp(B_self[s] - log_d) * d_dd
 
 
-# ---- the population: every query class (in parallel) and the given clusters ---------------------
+# ---- the population: rows of query classes and the given clusters ------------------------------
 # One kernel per job and family of methods, so that a run compiles only what it uses: the exact
 # kernels, or the mean-field ones (``method`` MEANFIELD or CLOSED_FORM, a run-time int64).
 # ``clusters`` (int64 array) selects the clusters to sum over: all of them locally, a shard of them
-# on a Dask worker.
+# on a Dask worker. ``rows`` (int64 array) selects the query classes one call computes: each
+# writes only the output rows of its own classes, so several calls on disjoint rows run at once
+# on threads (``parallel.run_rows``; the kernels release the GIL). Plain loops, not Numba's
+# ``prange``: they compile in a fraction of the time and need no threading layer.
 @njit(cache=True, error_model="numpy", inline="always")
 def _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS):
     """Add one query's loss and derivatives, weighted by pi_k gamma (and the class size)."""
@@ -851,73 +854,59 @@ def _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA
             gB[s, r] += weight * grad_B_row[r] / reduction.other_keys[s, r]
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def exact_population_loss(reduction, A, B, B_self, clusters):
-    """L = sum_k pi_k sum_s |s| gamma E[loss of a masked query of class s], exactly."""
-    S = reduction.other_keys.shape[0]
-    losses = np.zeros(S)
-    for si in prange(S):
-        s = np.int64(si)
+@njit(cache=True, error_model="numpy", nogil=True)
+def exact_loss_rows(reduction, A, B, B_self, clusters, rows, losses):
+    """losses[s] = sum_k pi_k gamma |s| E[loss of a masked query of class s], exactly, for s in ``rows``
+    (L is the sum over all classes)."""
+    for s in rows:
         for k in clusters:
             loss = query_loss(EXACT_RUNTIME, reduction, A, B, B_self, s, k)
             losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
-    return losses.sum()
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def meanfield_population_loss(method, reduction, A, B, B_self, clusters):
-    """The mean-field L (``method`` MEANFIELD, or CLOSED_FORM for point-mass amplitudes)."""
-    S = reduction.other_keys.shape[0]
-    losses = np.zeros(S)
-    for si in prange(S):
-        s = np.int64(si)
-        unused = np.zeros(0)
+@njit(cache=True, error_model="numpy", nogil=True)
+def meanfield_loss_rows(method, reduction, A, B, B_self, clusters, rows, losses):
+    """The mean-field ``exact_loss_rows`` (``method`` MEANFIELD, or CLOSED_FORM for point-mass
+    amplitudes)."""
+    unused = np.zeros(0)
+    for s in rows:
         for k in clusters:
             if method == CLOSED_FORM:
                 loss = closed_form_loss(reduction, A, B, B_self, s, k)
             else:
                 loss = meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, unused, unused, False)[0]
             losses[s] += reduction.cluster_prob[k] * reduction.mask_ratio * reduction.class_size[s] * loss
-    return losses.sum()
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def exact_population_loss_grad(reduction, A, B, B_self, clusters):
-    """L, its per-entry gradient and the attention by area, exactly.
+@njit(cache=True, error_model="numpy", nogil=True)
+def exact_loss_grad_rows(reduction, A, B, B_self, clusters, rows, losses, gA, gB, gS, unmasked, masked):
+    """Rows ``rows`` of L's per-class terms, its per-entry gradient and the attention by area, exactly.
 
-    Returns (L, dA (S, F), dB (S, S), dB_self (S,), unmasked (K, S, N), masked (K, S)): dB[s, s]
-    is the derivative for one off-diagonal entry B[p, q] with p != q both in class s; the
-    attention is that of ``area_attention_kernel`` at this state (clusters outside ``clusters`` are
-    left at zero), which the gradient's nodes give almost for free. Query classes run in
-    parallel; each writes only its own rows.
+    Fills losses (S,), dA (S, F), dB (S, S), dB_self (S,), unmasked (K, S, N), masked (K, S) at
+    the rows of ``rows`` (zeros in): dB[s, s] is the derivative for one off-diagonal entry
+    B[p, q] with p != q both in class s; the attention is that of ``area_attention_rows`` at this
+    state (clusters outside ``clusters`` are left at zero), which the gradient's nodes give
+    almost for free.
     """
     S, F = A.shape
-    K = reduction.cluster_prob.size
-    gA, gB, gS, losses = np.zeros((S, F)), np.zeros((S, S)), np.zeros(S), np.zeros(S)
-    unmasked = np.zeros((K, S, max_areas(reduction)))
-    masked = np.zeros((K, S))
-    for si in prange(S):
-        s = np.int64(si)
-        grad_A_row = np.zeros(F)
-        grad_B_row = np.zeros(S)
+    grad_A_row = np.zeros(F)
+    grad_B_row = np.zeros(S)
+    for s in rows:
         for k in clusters:
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
             loss, d_self, masked[k, s] = query_loss_grad(EXACT_RUNTIME, reduction, A, B, B_self, s, k, grad_A_row,
                                                          grad_B_row, unmasked[k, s])
             _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS)
-    return losses.sum(), gA, gB, gS, unmasked, masked
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def meanfield_population_loss_grad(method, reduction, A, B, B_self, clusters):
-    """The mean-field L and its per-entry gradient (as ``exact_population_loss_grad``)."""
+@njit(cache=True, error_model="numpy", nogil=True)
+def meanfield_loss_grad_rows(method, reduction, A, B, B_self, clusters, rows, losses, gA, gB, gS):
+    """The mean-field ``exact_loss_grad_rows`` (no attention: observables are exact)."""
     S, F = A.shape
-    gA, gB, gS, losses = np.zeros((S, F)), np.zeros((S, S)), np.zeros(S), np.zeros(S)
-    for si in prange(S):
-        s = np.int64(si)
-        grad_A_row = np.zeros(F)
-        grad_B_row = np.zeros(S)
+    grad_A_row = np.zeros(F)
+    grad_B_row = np.zeros(S)
+    for s in rows:
         for k in clusters:
             grad_A_row[:] = 0.0
             grad_B_row[:] = 0.0
@@ -927,28 +916,21 @@ def meanfield_population_loss_grad(method, reduction, A, B, B_self, clusters):
                 loss, d_self = meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
                                                          grad_B_row, True)
             _add_query(reduction, s, k, loss, d_self, grad_A_row, grad_B_row, losses, gA, gB, gS)
-    return losses.sum(), gA, gB, gS
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def class_attention_kernel(method, reduction, A, B, B_self, clusters):
-    """Expected attention of a masked query on every key class, per cluster.
+@njit(cache=True, error_model="numpy", nogil=True)
+def class_attention_rows(method, reduction, A, B, B_self, clusters, rows, unmasked, masked, on_self):
+    """Expected attention of a masked query on every key class, per cluster, for the query
+    classes ``rows``.
 
-    Returns (unmasked (K, S, S), masked (K, S, S), on_self (K, S)): for a masked query of class s
-    in cluster k, the expected softmax mass on the unmasked (masked) keys of class r other than
+    Fills unmasked (K, S, S), masked (K, S, S), on_self (K, S): for a masked query of class s in
+    cluster k, the expected softmax mass on the unmasked (masked) keys of class r other than
     itself, summed over those keys, and on itself. Each row sums to one. Clusters outside
     ``clusters`` are left at zero.
     """
-    S = A.shape[0]
-    K = reduction.cluster_prob.size
-    unmasked = np.zeros((K, S, S))
-    masked = np.zeros((K, S, S))
-    on_self = np.zeros((K, S))
-    for si in prange(S):
-        s = np.int64(si)
+    for s in rows:
         for k in clusters:
             on_self[k, s] = query_attention(method, reduction, A, B, B_self, s, k, unmasked[k, s], masked[k, s])
-    return unmasked, masked, on_self
 
 
 @njit(cache=True, error_model="numpy")
@@ -960,27 +942,24 @@ def max_areas(reduction):
     return n_areas
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def area_attention_kernel(method, reduction, A, B, B_self, clusters):
-    """Expected attention per area along a trajectory, in one call (parallel over times x classes).
+@njit(cache=True, error_model="numpy", nogil=True)
+def area_attention_rows(method, reduction, A, B, B_self, clusters, rows, unmasked, masked):
+    """Expected attention per area along a trajectory, for the (time, class) pairs ``rows``.
 
-    A (T, S, F), B (T, S, S), B_self (T, S). Returns (unmasked (T, K, S, N), masked (T, K, S)): the
-    mass of a masked query of class s in cluster k on the unmasked keys of each area of its cluster
-    (N = most areas of a cluster), and on masked keys, itself included. Only what the phase times
-    and targets need: never the (T, K, S, S) per-key maps.
+    A (T, S, F), B (T, S, S), B_self (T, S); row ts is time ts // S and query class ts % S.
+    Fills unmasked (T, K, S, N), masked (T, K, S): the mass of a masked query of class s in
+    cluster k on the unmasked keys of each area of its cluster (N = most areas of a cluster), and
+    on masked keys, itself included. Only what the phase times and targets need: never the
+    (T, K, S, S) per-key maps.
     """
-    T, S = B_self.shape
-    K = reduction.cluster_prob.size
-    unmasked = np.zeros((T, K, S, max_areas(reduction)))
-    masked = np.zeros((T, K, S))
-    for ts in prange(T * S):
-        ti = np.int64(ts // S)
-        s = np.int64(ts % S)
+    S = B_self.shape[1]
+    for ts in rows:
+        ti = ts // S
+        s = ts % S
         for k in clusters:
             hidden, on_self = query_area_attention(method, reduction, A[ti], B[ti], B_self[ti], s, k,
                                                    unmasked[ti, k, s])
             masked[ti, k, s] = hidden + on_self
-    return unmasked, masked
 
 
 def compiled_before() -> bool:
@@ -988,7 +967,7 @@ def compiled_before() -> bool:
     on 2 cores, measured)."""
     try:
         return all(os.path.exists(kernel._cache._cache_file._index_path)
-                   for kernel in (exact_population_loss_grad, area_attention_kernel))
+                   for kernel in (exact_loss_grad_rows, area_attention_rows))
     except AttributeError:          # another Numba's internals: assume compiled, say nothing
         return True
 

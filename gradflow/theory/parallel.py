@@ -1,22 +1,23 @@
-"""How many threads a kernel call gets: by its work, and by the CPUs this process may use.
+"""How many threads a kernel call gets, and the threads it runs on.
 
-Numba's parallel kernels would otherwise use one thread per core of the machine. On a machine
-shared with other work that is slow (threads wait on busy cores: a 0.03 s solve took 8 s beside
-one busy process), and for small reduced models it never pays. So a call runs single-threaded
-below its kernel's threshold of work and otherwise on the CPUs the process may use: its affinity
-mask (read at every call: it can change while the process runs) and the CPU quota of its own
-cgroup and the cgroups above it (``_validate.cgroup_cpu_quota``; re-read every
-``QUOTA_RECHECK`` seconds), not the machine's count. Dask workers are started with one thread
-each. The population kernels (``kernel_threads``) and the Monte-Carlo training kernel
-(``kernel_threads_for``) follow the same policy.
+The population kernels and the Monte-Carlo training kernel are serial Numba functions over a set
+of rows (query classes, (time, class) pairs, chunks of a batch) that release the GIL
+(``nogil=True``); ``run_rows`` splits the rows of a call over threads of one pool. That is
+Numba's ``prange`` without its costs: the kernels compile in a fraction of the time (the parallel
+lowering of the two main kernels was about half of a first run's 30 s of compilation), and no
+Numba threading layer is involved, so calls from many threads at once are safe whatever layer
+Numba would have picked (its ``workqueue`` layer aborts the process on a concurrent launch, and
+two OpenMP runtimes in one process, Numba's and PyTorch's, have crashed it).
 
-Numba's threading layers are not all safe to enter from several threads at once (the
-``workqueue`` layer, the one left where neither TBB nor OpenMP is found, aborts the process on
-a concurrent launch; two OpenMP runtimes in one process, Numba's and PyTorch's, have crashed
-it). A process may well call the kernels from several threads: a Dask client with threaded
-workers, the ladder training PyTorch rungs on threads. So every parallel kernel call holds one
-process-wide lock while it runs: calls from other threads wait (each call uses every usable
-CPU anyway) and the rest of their work, PyTorch's included, goes on beside it.
+How many threads: a parallel call would otherwise use one thread per core of the machine. On a
+machine shared with other work that is slow (threads wait on busy cores: a 0.03 s solve took 8 s
+beside one busy process), and for small reduced models it never pays. So a call runs on the
+calling thread alone below its kernel's threshold of work and otherwise on the CPUs the process
+may use: its affinity mask (read at every call: it can change while the process runs) and the CPU
+quota of its own cgroup and the cgroups above it (``_validate.cgroup_cpu_quota``; re-read every
+``QUOTA_RECHECK`` seconds), not the machine's count; ``NUMBA_NUM_THREADS`` caps it as it capped
+Numba's pool (Dask workers are started with one thread each), and ``at_most_threads`` caps the
+calls of one thread.
 """
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 
 from .._validate import cgroup_cpu_quota
 
@@ -36,7 +39,8 @@ PARALLEL_WORK = 4096
 QUOTA_RECHECK = 2.0        # seconds a read cgroup quota is trusted (a read costs ~0.1 ms)
 
 _quota_cache = {"at": -math.inf, "quota": math.inf}
-_LAUNCH = threading.RLock()       # held by every parallel kernel call (see the module's text)
+PARTS_PER_THREAD = 4       # rows are dealt in this many parts per thread: a thread that finishes
+                           # its part early takes the next (query classes differ in cost)
 _CAP = threading.local()          # this thread's cap on kernel threads (``at_most_threads``)
 
 
@@ -81,14 +85,58 @@ def at_most_threads(n: int):
         _CAP.n = before
 
 
-@contextmanager
-def kernel_threads_for(work: float, threshold: float):
-    """Hold the kernels' lock and set the calling thread's Numba thread count for a call of
-    ``work`` units; yields that count. Use as ``with kernel_threads_for(w, t) as n: kernel(...)``."""
-    with _LAUNCH:
-        n = threads_for_work(work, threshold)
-        numba.set_num_threads(n)
-        yield n
+class _Pool:
+    """One process-wide pool of threads for ``run_rows``, started on first use and again in a
+    forked child (a fork copies the pool's bookkeeping, not its threads)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.executor, self.pid = None, None
+
+    def get(self) -> ThreadPoolExecutor:
+        with self.lock:
+            if self.executor is None or self.pid != os.getpid():
+                self.executor = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1),
+                                                   thread_name_prefix="gradflow-kernel")
+                self.pid = os.getpid()
+            return self.executor
+
+
+_POOL = _Pool()
+
+
+def run_rows(call, n_rows: int, threads: int) -> None:
+    """Call ``call(rows)`` on disjoint int64 arrays of rows that together cover ``range(n_rows)``,
+    on up to ``threads`` threads (the calling thread is one of them).
+
+    ``call`` must only write the outputs of its own rows (then the result does not depend on the
+    split) and should spend its time in a kernel that releases the GIL. Rows are dealt round-robin
+    into ``PARTS_PER_THREAD`` parts per thread, which the threads take in turn as they finish.
+    """
+    if threads <= 1 or n_rows <= 1:
+        call(np.arange(n_rows, dtype=np.int64))
+        return
+    n_parts = min(n_rows, threads * PARTS_PER_THREAD)
+    parts = iter([np.arange(j, n_rows, n_parts, dtype=np.int64) for j in range(n_parts)])
+    take = threading.Lock()
+
+    def work():
+        while True:
+            with take:
+                part = next(parts, None)
+            if part is None:
+                return
+            call(part)
+
+    helpers = [_POOL.get().submit(work) for _ in range(min(threads, n_parts) - 1)]
+    try:
+        work()
+    finally:
+        # helpers the pool has not started (it is busy, e.g. with the calls of other threads) are
+        # not waited for: the parts are done, and waiting could deadlock a call made from the pool
+        pending = [h for h in helpers if not h.cancel()]
+        for h in pending:
+            h.result()
 
 
 def kernel_work(reduction) -> float:
@@ -101,8 +149,3 @@ def threads_for(reduction, times: int = 1) -> int:
     """Threads for a kernel call on ``reduction`` (at ``times`` states at once): 1 for small
     work, else the usable CPUs."""
     return threads_for_work(times * kernel_work(reduction), PARALLEL_WORK)
-
-
-def kernel_threads(reduction, times: int = 1):
-    """``kernel_threads_for`` a kernel call on ``reduction`` (at ``times`` states at once)."""
-    return kernel_threads_for(times * kernel_work(reduction), PARALLEL_WORK)

@@ -13,7 +13,7 @@ import numpy as np
 from .._validate import check_memory, choice
 from ..model import DataModel
 from . import kernels
-from .parallel import kernel_threads
+from .parallel import run_rows, threads_for
 from .reduction import Reduction
 from .state import State
 
@@ -43,13 +43,16 @@ def loss(state: State, method: str = "exact", clusters=None) -> float:
     reduction = state.reduction
     clusters = all_clusters(reduction) if clusters is None else clusters
     code = kernel_method(reduction, method)
-    with kernel_threads(reduction):
-        if code == kernels.EXACT:
-            value = kernels.exact_population_loss(reduction, state.A_classes, state.B_classes, state.B_self,
-                                                  clusters)
-        else:
-            value = kernels.meanfield_population_loss(code, reduction, state.A_classes, state.B_classes,
-                                                      state.B_self, clusters)
+    A, B, B_self = state.A_classes, state.B_classes, state.B_self
+    losses = np.zeros(reduction.n_classes)
+    if code == kernels.EXACT:
+        def call(rows):
+            kernels.exact_loss_rows(reduction, A, B, B_self, clusters, rows, losses)
+    else:
+        def call(rows):
+            kernels.meanfield_loss_rows(code, reduction, A, B, B_self, clusters, rows, losses)
+    run_rows(call, reduction.n_classes, threads_for(reduction))
+    value = losses.sum()
     return float(value)
 
 
@@ -68,15 +71,23 @@ def loss_gradient_and_masses(state: State, method: str = "exact", clusters=None)
     reduction = state.reduction
     clusters = all_clusters(reduction) if clusters is None else clusters
     code = kernel_method(reduction, method)
-    with kernel_threads(reduction):
-        if code == kernels.EXACT:
-            value, gA, gB, gS, unmasked, masked = kernels.exact_population_loss_grad(
-                reduction, state.A_classes, state.B_classes, state.B_self, clusters)
-            masses = (unmasked, masked)
-        else:
-            value, gA, gB, gS = kernels.meanfield_population_loss_grad(code, reduction, state.A_classes,
-                                                                       state.B_classes, state.B_self, clusters)
-            masses = None
+    A, B, B_self = state.A_classes, state.B_classes, state.B_self
+    S, F, K = reduction.n_classes, reduction.n_features, reduction.n_clusters
+    gA, gB, gS, losses = np.zeros((S, F)), np.zeros((S, S)), np.zeros(S), np.zeros(S)
+    if code == kernels.EXACT:
+        unmasked, masked = np.zeros((K, S, kernels.max_areas(reduction))), np.zeros((K, S))
+        masses = (unmasked, masked)
+
+        def call(rows):
+            kernels.exact_loss_grad_rows(reduction, A, B, B_self, clusters, rows, losses, gA, gB, gS,
+                                         unmasked, masked)
+    else:
+        masses = None
+
+        def call(rows):
+            kernels.meanfield_loss_grad_rows(code, reduction, A, B, B_self, clusters, rows, losses, gA, gB, gS)
+    run_rows(call, S, threads_for(reduction))
+    value = losses.sum()
     return float(value), State(reduction, gA, gB, gS), masses
 
 
@@ -106,13 +117,20 @@ def attention_by_class(state: State, method: str = "exact") -> ClassAttention:
     check_memory(2.0 * reduction.n_clusters * reduction.n_classes ** 2,
                  f"attention of {reduction.n_classes} classes on each other")
     code = np.int64(kernels.METHODS[check_method(method)])
-    with kernel_threads(reduction):
-        return ClassAttention(*kernels.class_attention_kernel(code, reduction, state.A_classes, state.B_classes,
-                                                              state.B_self, all_clusters(reduction)))
+    S, K = reduction.n_classes, reduction.n_clusters
+    out = ClassAttention(np.zeros((K, S, S)), np.zeros((K, S, S)), np.zeros((K, S)))
+    clusters = all_clusters(reduction)
+
+    def call(rows):
+        kernels.class_attention_rows(code, reduction, state.A_classes, state.B_classes, state.B_self, clusters,
+                                     rows, *out)
+    run_rows(call, S, threads_for(reduction))
+    return out
 
 
 def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray, np.ndarray]:
-    """(unmasked (T, K, S, N), masked (T, K, S)) along a trajectory, in one parallel kernel call:
+    """(unmasked (T, K, S, N), masked (T, K, S)) along a trajectory, in one pass over
+    its (time, class) rows on threads:
     the mass of a masked query on the unmasked keys of each area of its cluster, and on masked
     keys (itself included)."""
     reduction = states.reduction
@@ -120,8 +138,13 @@ def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray,
     B = np.ascontiguousarray(states.B_classes.reshape((-1,) + states.B_classes.shape[-2:]))
     Bs = np.ascontiguousarray(states.B_self.reshape((-1, states.B_self.shape[-1])))
     code = np.int64(kernels.METHODS[check_method(method)])
-    with kernel_threads(reduction, times=A.shape[0]):
-        unmasked, masked = kernels.area_attention_kernel(code, reduction, A, B, Bs, all_clusters(reduction))
+    T, S, K = A.shape[0], reduction.n_classes, reduction.n_clusters
+    unmasked, masked = np.zeros((T, K, S, kernels.max_areas(reduction))), np.zeros((T, K, S))
+    clusters = all_clusters(reduction)
+
+    def call(rows):
+        kernels.area_attention_rows(code, reduction, A, B, Bs, clusters, rows, unmasked, masked)
+    run_rows(call, T * S, threads_for(reduction, times=T))
     lead = states.shape
     return unmasked.reshape(lead + unmasked.shape[1:]), masked.reshape(lead + masked.shape[1:])
 

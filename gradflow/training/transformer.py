@@ -11,10 +11,10 @@ import math
 import os
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..model import DataModel
-from ..theory.parallel import kernel_threads_for
+from ..theory.parallel import run_rows, threads_for_work
 
 # work (samples x patches x keys) of one batch below which it runs on one thread. Measured on 2
 # cores, one thread against two: idle, b = 64: P = 16 170 / 250 us, P = 36 740 / 490 us; b = 256,
@@ -24,20 +24,18 @@ from ..theory.parallel import kernel_threads_for
 TRAIN_PARALLEL_WORK = 1 << 22
 
 
-@njit(cache=True, parallel=True)
-def _attention_batch(RE, RV, gram, fq, z, vis, want_grad, n_chunks):
+@njit(cache=True, nogil=True)
+def _attention_chunks(RE, RV, gram, fq, z, vis, want_grad, chunks, n_chunks, losses, C1s, C2s):
     """Forward and backward pass of softmax attention over a batch, for the masked queries.
 
-    Returns (summed loss, C1 (P, P), C2 (P, F)) with C1[p, q] = sum_b dloss/dscore[b, p, q] and
-    C2[p, f] = sum_b sum_q dloss/dscore[b, p, q] * (content of key q along feature f).
-    Samples are split into one chunk per thread, each with its own accumulators.
+    Chunk ch of ``n_chunks`` holds samples ch, ch + n_chunks, ...; for every chunk in ``chunks``
+    fills its loss (summed over samples) and its own accumulators C1s[ch] (P, P), C2s[ch] (P, F)
+    with C1[p, q] = sum_b dloss/dscore[b, p, q] and C2[p, f] = sum_b sum_q dloss/dscore[b, p, q]
+    * (content of key q along feature f). Disjoint ``chunks`` run at once on threads.
     """
     b, P = vis.shape
     F = RV.shape[1]
-    C1s = np.zeros((n_chunks, P, P))
-    C2s = np.zeros((n_chunks, P, F))
-    losses = np.zeros(n_chunks)
-    for ch in prange(n_chunks):
+    for ch in chunks:
         w = np.empty(P)
         coef = np.empty(P)
         c = np.empty(F)
@@ -79,7 +77,6 @@ def _attention_batch(RE, RV, gram, fq, z, vis, want_grad, n_chunks):
                     delta = w[q] * (rg[fq[i, q]] * coef[q] - mean_gw)
                     C1s[ch, p, q] += delta
                     C2s[ch, p, fq[i, q]] += delta * coef[q]
-    return losses.sum(), C1s.sum(axis=0), C2s.sum(axis=0)
 
 
 def scores(Q: np.ndarray, E: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +100,17 @@ def batch_loss_grad(Q: np.ndarray, E: np.ndarray, V: np.ndarray, fq: np.ndarray,
     """
     b, P = vis.shape
     RE, RV = scores(Q, E, V) if score_matrices is None else score_matrices
-    with kernel_threads_for(float(b) * P * P, TRAIN_PARALLEL_WORK) as threads:
-        loss, C1, C2 = _attention_batch(RE, RV, V.T @ V, fq, z, vis, want_grad, min(b, threads))
+    # one chunk of samples per thread, each with its own accumulators, summed in chunk order: the
+    # result depends on the thread count only through that order (as with Numba's prange before)
+    n_chunks = min(b, threads_for_work(float(b) * P * P, TRAIN_PARALLEL_WORK))
+    F = RV.shape[1]
+    losses, C1s, C2s = np.zeros(n_chunks), np.zeros((n_chunks, P, P)), np.zeros((n_chunks, P, F))
+    gram = V.T @ V
+
+    def call(chunks):
+        _attention_chunks(RE, RV, gram, fq, z, vis, want_grad, chunks, n_chunks, losses, C1s, C2s)
+    run_rows(call, n_chunks, n_chunks)
+    loss, C1, C2 = losses.sum(), C1s.sum(axis=0), C2s.sum(axis=0)
     if not want_grad:
         return loss / b, None
     return loss / b, (E @ (C1 / b)) @ E.T + (E @ (C2 / b)) @ V.T
@@ -129,7 +135,7 @@ def make_embeddings(model: DataModel, d: int, kind: str, rng: np.random.Generato
 def compiled_before() -> bool:
     """Whether Numba's cache already holds the training kernel (a first run compiles it)."""
     try:
-        return os.path.exists(_attention_batch._cache._cache_file._index_path)
+        return os.path.exists(_attention_chunks._cache._cache_file._index_path)
     except AttributeError:          # another Numba's internals: assume compiled, say nothing
         return True
 
