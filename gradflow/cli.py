@@ -517,7 +517,7 @@ def first_run_notice(args) -> str | None:
         cold.append("the training")
     if not cold:
         return None
-    return (f"gradflow: first run: compiling {' and '.join(cold)} kernels (about half a minute); they are cached "
+    return (f"gradflow: first run: compiling {' and '.join(cold)} kernels (about 10 s); they are cached "
             f"for the next runs")
 
 

@@ -963,7 +963,7 @@ def area_attention_rows(method, reduction, A, B, B_self, clusters, rows, unmaske
 
 
 def compiled_before() -> bool:
-    """Whether Numba's cache already holds the main kernels (a first run compiles them: 20-35 s
+    """Whether Numba's cache already holds the main kernels (a first run compiles them: about 10 s
     on 2 cores, measured)."""
     try:
         return all(os.path.exists(kernel._cache._cache_file._index_path)
