@@ -170,3 +170,14 @@ def test_budget_is_checked_inside_a_step():
         sol = gradflow.solve(m, 100.0, integrator="RK45", max_nfev=4)
     assert sol.status == -1 and "max_nfev" in sol.message and sol.t[-1] == 0.0
     assert sol.nfev <= 4 + 1                  # the budget and the first measurement (was 2 + 6 + 1)
+
+
+def test_the_progress_bar_shows_the_time_reached():
+    """The command line's bar reads 't=37.5' (tqdm's own postfix put ', ' before the number)."""
+    from gradflow.flow.stepping import Progress
+    bar = Progress(True, 100.0, 1.0)
+    try:
+        bar.update(37.5)
+        assert str(bar.bar).endswith("| t=37.5") and "79%" in str(bar.bar)
+    finally:
+        bar.close()

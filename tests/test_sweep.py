@@ -113,6 +113,16 @@ def test_sweep_points_equal_direct_solves_and_cache_by_model(tmp_path, local_cli
     again = sweep("global_local", grid, t_max=300.0, out=tmp_path, client=local_client)
     assert again.attrs["computed"] == 0
     np.testing.assert_array_equal(again["final_loss"].values, ds["final_loss"].values)
+    # a damaged point file (a value missing, or not NetCDF at all) is computed again, not an
+    # internal error: the same numbers come back and the file is whole again
+    import xarray as xr
+    files = sorted(tmp_path.glob("point-*.nc"))
+    xr.load_dataset(files[0]).drop_vars("T1").to_netcdf(files[0])
+    files[1].write_bytes(b"not a NetCDF file")
+    mended = sweep("global_local", grid, t_max=300.0, out=tmp_path, client=local_client)
+    assert mended.attrs["computed"] == 2 and mended.attrs["failed"] == 2
+    np.testing.assert_array_equal(mended["final_loss"].values, ds["final_loss"].values)
+    assert sweep("global_local", grid, t_max=300.0, out=tmp_path, client=local_client).attrs["computed"] == 0
 
 
 def test_sweep_recomputes_when_the_factory_builds_another_model(tmp_path, local_client):

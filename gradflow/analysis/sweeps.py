@@ -28,7 +28,7 @@ from ..errors import ConfigError, InvalidInputError
 from ..flow.observables import attention_diversity
 from ..flow.phase_times import phases, summarize
 from ..flow.solver import solve
-from ..io import atomic_path, check_output_path, check_output_paths, output_dir
+from ..io import check_output_path, check_output_paths, load_dataset, output_dir, write_dataset
 from ..model.config import check_keys, read_toml
 from ..model.datamodel import DataModel
 from ..model.presets import PRESETS, preset
@@ -93,15 +93,18 @@ def run_point(model: DataModel, t_max: float | None, method: str, mc, path: str 
         out["error"] = f"{type(exc).__name__}: {exc}"
     out["wall_time"] = time.perf_counter() - start
     if path is not None and not out["error"]:
-        ds = xr.Dataset({k: v for k, v in out.items() if k != "error"})
-        with atomic_path(path) as tmp:
-            ds.to_netcdf(tmp, engine="netcdf4")
+        write_dataset(xr.Dataset({k: v for k, v in out.items() if k != "error"}), path)
     return out
 
 
-def _load_point(path: Path) -> dict:
-    with xr.open_dataset(path, engine="netcdf4") as ds:
+def _load_point(path: Path) -> dict | None:
+    """The cached summary of one point, or None when its file is damaged (unreadable, or a value
+    missing): the point is then computed again and its file replaced."""
+    try:
+        ds = load_dataset(path)
         out = {k: float(ds[k].values) for k in SUMMARY}
+    except Exception:            # netCDF4 raises OSError/RuntimeError variants, xarray KeyError
+        return None
     out["error"] = ""
     return out
 
@@ -272,8 +275,9 @@ def sweep(model_factory, grid: dict, *, t_max: float | None = None, method: str 
             results[idx] = dict(dict.fromkeys(SUMMARY, np.nan), error=model)
             continue
         path = None if out_dir is None else out_dir / f"point-{point_key(model, t_max, method, mc)}.nc"
-        if path is not None and path.is_file():
-            results[idx] = _load_point(path)
+        cached = _load_point(path) if path is not None and path.is_file() else None
+        if cached is not None:
+            results[idx] = cached
         else:
             todo.append((idx, model, (t_max, method, mc), None if path is None else str(path)))
     check_output_paths([path for *_, path in todo if path is not None], "sweep point file")
@@ -284,8 +288,7 @@ def sweep(model_factory, grid: dict, *, t_max: float | None = None, method: str 
                     mc=json.dumps(mc, default=str), computed=len(todo), points=len(points), failed=failed,
                     gradflow_version=__version__)
     if out_dir is not None:
-        with atomic_path(out_dir / "sweep.nc") as tmp:
-            ds.to_netcdf(tmp, engine="netcdf4")
+        write_dataset(ds, out_dir / "sweep.nc")
     return ds
 
 

@@ -41,7 +41,7 @@ class FlowField:
 
     def __call__(self, t, y):
         if self.budget is not None:
-            why = self.budget.exceeded(self.nfev, t)
+            why = self.budget.exceeded(self.nfev)
             if why is not None:
                 raise BudgetExceeded(why)
         loss, grad, masses = self.evaluate(self.state_from_flat(y))
@@ -126,14 +126,15 @@ class Budget:
     max_wall_time: float | None
     start: float = field(default_factory=time.perf_counter)
 
-    def exceeded(self, nfev: int, t: float) -> str | None:
-        """Why the run must stop now, or None."""
+    def exceeded(self, nfev: int) -> str | None:
+        """Why the run must stop now, or None. (The time reached is said by ``step``: a stop in
+        the middle of a step keeps the last accepted step's end, not the stage's time.)"""
         if self.max_nfev is not None and nfev >= self.max_nfev:
-            return (f"stopped after {nfev} gradient evaluations (max_nfev) at t={t:g}: the flow may be stiff "
+            return (f"stopped after {nfev} gradient evaluations (max_nfev): the flow may be stiff "
                     f"here; try integrator='Radau' or a larger max_nfev")
         elapsed = time.perf_counter() - self.start
         if self.max_wall_time is not None and elapsed >= self.max_wall_time:
-            return f"stopped after {elapsed:.1f} s (max_wall_time={self.max_wall_time:g} s) at t={t:g}"
+            return f"stopped after {elapsed:.1f} s (max_wall_time={self.max_wall_time:g} s)"
         return None
 
 
@@ -147,17 +148,18 @@ class Progress:
         from tqdm import tqdm
         self.lo = math.log10(max(t_first, 1e-12))
         hi = math.log10(t_end) if t_end is not None else self.lo + 12.0
+        # the time reached goes in postfix[0] (tqdm's own postfix string would start with ", ")
         self.bar = tqdm(total=max(hi - self.lo, 1e-9), unit="decade", desc="gradflow solve", leave=False,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t={postfix}")
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| t={postfix[0]}", postfix=["0"])
         self.done = 0.0
 
     def update(self, t: float) -> None:
         if self.bar is None or t <= 0:
             return
         pos = min(max(math.log10(t) - self.lo, 0.0), self.bar.total)
+        self.bar.postfix[0] = f"{t:.3g}"
         self.bar.update(pos - self.done)
         self.done = pos
-        self.bar.set_postfix_str(f"{t:.3g}", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -236,7 +238,7 @@ def step(solver, field: FlowField, y0: np.ndarray, candidates: np.ndarray, budge
                     break
             if converged:
                 break
-        why = budget.exceeded(field.nfev, t) if solver.status == "running" else None
+        why = budget.exceeded(field.nfev) if solver.status == "running" else None
         if why is not None:
             status, message = -1, why
             break

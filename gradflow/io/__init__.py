@@ -4,7 +4,7 @@ This package knows no gradflow result type (it sits under every layer that saves
 class defines its own schema and calls ``write_dataset`` / ``read_dataset``.
 """
 from .atomic import atomic_path, check_output_path, check_output_paths, output_dir
-from .netcdf import attribute, coordinate, finite_variables, read_dataset, write_dataset
+from .netcdf import attribute, coordinate, finite_variables, load_dataset, read_dataset, write_dataset
 
-__all__ = ["atomic_path", "attribute", "check_output_path", "check_output_paths", "coordinate", "finite_variables", "output_dir",
-           "read_dataset", "write_dataset"]
+__all__ = ["atomic_path", "attribute", "check_output_path", "check_output_paths", "coordinate", "finite_variables", "load_dataset",
+           "output_dir", "read_dataset", "write_dataset"]

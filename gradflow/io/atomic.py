@@ -1,7 +1,8 @@
 """Safe output files: checked before any work starts, written atomically, nothing around damaged.
 
 * :func:`check_output_path` refuses, before a computation, an output the save would fail on or
-  would damage: a missing or read-only directory, a directory or FIFO or device in its place, a
+  would damage: a missing or read-only directory, a full disk (under DISK_FULL_BYTES free; a disk
+  that fills during the work is caught at the write), a directory or FIFO or device in its place, a
   file with other hard links (an atomic rename would silently detach them), a symlink loop.
 * :func:`output_dir` makes (or checks) an output directory before the work, refusing a file in
   its place, a parent it cannot write, a symlink loop; every refusal is an ``OutputPathError``.
@@ -74,6 +75,10 @@ def check_output_path(path, what: str = "output") -> Path:
         raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} {kind}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is not writable")
+    free = _free_bytes(parent)
+    if free is not None and free < DISK_FULL_BYTES:       # the work would be done for nothing
+        raise OutputPathError(f"{what} {str(path)!r} could not be written: the disk is full ({free} bytes "
+                              f"free in {str(parent)!r})")
     st = _stat(target, what, path)
     if st is None:                            # (a dangling symlink: the save creates its target)
         return target
@@ -138,7 +143,16 @@ def remove_stale_temporaries(target: Path) -> list:
     return removed
 
 
-DISK_FULL_BYTES = 1 << 20       # free space below which a failed write is put down to a full disk
+DISK_FULL_BYTES = 1 << 20       # free space below which a disk counts as full: an output is refused
+                                # before the work, and a failed write is put down to it
+
+
+def _free_bytes(directory: Path):
+    """Bytes free for this process in ``directory``'s file system, None when it cannot be told."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def _disk_full(exc: BaseException, directory: Path):
@@ -148,9 +162,8 @@ def _disk_full(exc: BaseException, directory: Path):
     write into a directory with less than DISK_FULL_BYTES free (the partial file removed) counts."""
     if not isinstance(exc, Exception):
         return None
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError:
+    free = _free_bytes(directory)
+    if free is None:
         return None
     no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return free if no_space or free < DISK_FULL_BYTES else None

@@ -9,6 +9,7 @@ are there, finite and increasing; finite states; attributes of the right type).
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,23 @@ from ..errors import FileFormatError
 from .atomic import atomic_path
 
 
+# The HDF5 library under netCDF4 is not thread-safe as commonly built: two threads writing files at
+# once (the ladder's runs on the threads of a Dask worker, each saving its TrainRun) crashed the
+# process with a segmentation fault inside the library. Every read and write of a NetCDF file
+# goes through this lock; it is held only for the file access itself, not for the work around it.
+NETCDF_LOCK = threading.RLock()
+
+
 def write_dataset(ds: xr.Dataset, path) -> None:
     """Write ``ds`` to ``path`` atomically (see ``atomic_path``)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, NETCDF_LOCK:
         ds.to_netcdf(tmp, engine="netcdf4")
+
+
+def load_dataset(path) -> xr.Dataset:
+    """The whole file at ``path``, loaded into memory (the file is closed again); no checks."""
+    with NETCDF_LOCK:
+        return xr.load_dataset(path, engine="netcdf4")
 
 
 def read_dataset(path, kind: str, versions, variables=(), attrs=()) -> xr.Dataset:
@@ -35,7 +49,7 @@ def read_dataset(path, kind: str, versions, variables=(), attrs=()) -> xr.Datase
     if not path.is_file():
         raise FileFormatError(f"file {str(path)!r} does not exist")
     try:
-        ds = xr.load_dataset(path, engine="netcdf4")
+        ds = load_dataset(path)
     except Exception as exc:            # netCDF4 raises OSError/RuntimeError/KeyError variants
         raise FileFormatError(f"file {str(path)!r} is not a readable NetCDF file: {exc}") from None
     got, fmt = ds.attrs.get("kind"), ds.attrs.get("gradflow_format")
