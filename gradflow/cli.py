@@ -42,6 +42,7 @@ from .model.config import EXAMPLE as CONFIG_EXAMPLE
 from .model.config import load_model
 from .model.presets import PRESETS, global_local, preset, preset_options, square_grid
 from .theory.kernels import compiled_before
+from .theory.warmup import compile_flow_kernels
 from .training import transformer as training_kernels
 from .training.run import TrainRun
 from .training.sgd import train_transformer
@@ -541,6 +542,12 @@ def main(argv=None) -> int:
     notice = first_run_notice(args)
     if notice:
         print(notice, file=sys.stderr)
+        if not compiled_before():
+            try:
+                compile_flow_kernels()       # two paths at once, on two cores (theory/warmup.py)
+            except KeyboardInterrupt:
+                print("gradflow: interrupted", file=sys.stderr)
+                return 130
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         return _run(args)

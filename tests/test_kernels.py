@@ -115,3 +115,37 @@ def test_numba_cache_is_dropped_when_a_compiled_in_source_changes(tmp_path):
     assert {p.name for p in kernels.CACHE_SOURCES} == {"kernels.py", "_generated.py", "quadrature.py", "vector_math.py"}
     if stamp.exists():
         assert stamp.read_text() == numba_cache.source_digest(kernels.CACHE_SOURCES)
+
+
+WARMUP_SCRIPT = """
+import numpy as np
+from gradflow.presets import global_local
+from gradflow.flow.solver import solve
+from gradflow.theory import kernels
+from gradflow.theory.parallel import available_cpus
+from gradflow.theory.warmup import compile_flow_kernels
+assert not kernels.compiled_before()
+compile_flow_kernels()
+in_here = bool(kernels.area_attention_rows.signatures)      # compiled in this process?
+sol = solve(global_local(16, n_local=2, local_size=4), 50.0, t_eval=[0.0, 25.0, 50.0])
+print(kernels.compiled_before(), in_here, available_cpus(), repr(sol.target_attention[-1].tolist()))
+"""
+
+
+def test_the_first_run_compiles_the_attention_path_in_a_child_process(tmp_path):
+    """On a cold cache the command line compiles the gradient path here and the attention path in
+    a child process at once; the child's cached kernels are then loaded, not compiled again, and
+    give the numbers of a process that compiled everything itself."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", WARMUP_SCRIPT], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cached, in_here, cpus, target = out.stdout.split(" ", 3)
+    assert cached == "True"
+    assert in_here == ("True" if int(cpus) < 2 else "False")
+    from gradflow.flow.solver import solve
+    from gradflow.presets import global_local
+    here = solve(global_local(16, n_local=2, local_size=4), 50.0, t_eval=[0.0, 25.0, 50.0]).target_attention[-1]
+    np.testing.assert_array_equal(np.array(eval(target)), here)
