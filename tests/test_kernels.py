@@ -37,7 +37,7 @@ def _area_terms_both_ways(reduction, A, B, B_self, s, k):
                                 keys.log_beta, keys.beta, keys.seg_start, keys.seg_multi, keys.area_seg, False)
     worst = 0.0
     for i in range(n):
-        sigma, h = kernels.node(rule, offset, x0, i)
+        sigma, h = kernels.node(rule, offset, x0, reduction.grid_step, i)
         fast = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, work)
         e1, e2 = terms.e1.copy(), terms.e2.copy()
         slow = kernels.area_terms(kernels.EXACT, reduction, k, sigma, general, terms, work)

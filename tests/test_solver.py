@@ -181,3 +181,20 @@ def test_the_progress_bar_shows_the_time_reached():
         assert str(bar.bar).endswith("| t=37.5") and "79%" in str(bar.bar)
     finally:
         bar.close()
+
+
+def test_auto_quadrature_is_fast_only_where_the_integrator_is_coarse():
+    """``quadrature="auto"``: the fine t-grid for small states (LSODA, rtol 1e-8), the fast one at
+    rtol >= 1e-6; flows with either rule agree far within the integrator's tolerance."""
+    from gradflow.presets import voronoi
+    small = global_local(16, n_local=2, local_size=4)
+    assert solve(small, 50.0).quadrature == "fine"
+    assert solve(small, 50.0, rtol=1e-5).quadrature == "fast"
+    m = voronoi(grid=(6, 6), n_clusters=3, n_regions=4, seed=1)
+    fine = solve(m, 300.0, rtol=1e-6, quadrature="fine", t_eval=[0.0, 30.0, 300.0])
+    fast = solve(m, 300.0, rtol=1e-6, t_eval=[0.0, 30.0, 300.0])
+    assert fast.quadrature == "fast" and fine.quadrature == "fine"
+    np.testing.assert_allclose(fast.target_attention, fine.target_attention, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(fast.A_classes[-1], fine.A_classes[-1], rtol=0, atol=2e-5 * np.abs(fine.A_classes).max())
+    with pytest.raises(ValueError, match="quadrature"):
+        solve(small, 50.0, quadrature="coarse")

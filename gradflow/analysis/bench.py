@@ -71,7 +71,7 @@ def count_pair_evaluations(reduction, A, B, B_self):
                 if keys.pair_class[p] < 0:
                     n_pad += 1
             for i in range(n):
-                sigma, h = kernels.node(rule, offset, x0, i)
+                sigma, h = kernels.node(rule, offset, x0, reduction.grid_step, i)
                 sum_log_phi = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, work)
                 total += keys.pair_class.size
                 padding += n_pad

@@ -50,6 +50,7 @@ class Solution:
     status : 0 success, -1 the integration stopped early (``message`` says why).
     converged : for ``solve(t_max=None)``, whether the convergence rule was met (else None).
     integrator : the SciPy method that integrated it (``integrator="auto"`` chooses by size).
+    quadrature : the t-integrals' rule of its gradient passes, "fine" or "fast" (``solve``).
     nfev : evaluations of the gradient; ``wall_time`` seconds spent in ``solve``.
     step_t, step_loss : the integrator's step ends and the loss there where the gradient pass
         computed it (NaN elsewhere): the flow's own record of its monotone descent.
@@ -72,6 +73,7 @@ class Solution:
     _target_classes: np.ndarray | None = field(default=None, repr=False)
     converged: bool | None = None
     integrator: str = ""
+    quadrature: str = "fine"
     step_t: np.ndarray | None = field(default=None, repr=False)
     step_loss: np.ndarray | None = field(default=None, repr=False)
     step_masses: AreaMasses | None = field(default=None, repr=False)
@@ -194,7 +196,7 @@ class Solution:
     def __repr__(self) -> str:
         return (f"<gradflow.Solution {self.method}, {self.model!r}\n"
                 f" t: {self.t.size} times in [{self.t[0]:g}, {self.t[-1]:g}], {self.reduction.n_classes} "
-                f"classes, {self.integrator or 'integrator unknown'}, status {self.status} ({self.message}), "
+                f"classes, {self.integrator or 'integrator unknown'} ({self.quadrature} quadrature), status {self.status} ({self.message}), "
                 f"nfev {self.nfev}, {self.wall_time:.3g} s>")
 
     # ---- files ------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ class Solution:
         ds = xr.Dataset(data, coords=coords)
         ds.attrs.update(gradflow_format=FORMAT_VERSION, kind="solution", model=m.to_json(),
                         method=self.method, status=int(self.status), message=self.message, nfev=int(self.nfev),
-                        integrator=self.integrator,
+                        integrator=self.integrator, quadrature=self.quadrature,
                         wall_time=float(self.wall_time),
                         # signature classes, or every position its own class (a solve from init=...)
                         resolution="signature" if np.array_equal(reduction.class_of, m.class_of) else "position")
@@ -299,6 +301,7 @@ class Solution:
                    message=attribute(ds, "message", str, source), nfev=attribute(ds, "nfev", int, source),
                    wall_time=attribute(ds, "wall_time", float, source), _dense=dense, _loss=ds["loss"].values,
                    integrator=attribute(ds, "integrator", str, source, default=""),
+                   quadrature=attribute(ds, "quadrature", str, source, default="fine"),
                    _target_classes=ds[target_name].values if target_name in ds else None, step_t=step_t,
                    step_loss=ds["step_loss"].values if "step_loss" in ds else None, step_masses=step_masses)
 

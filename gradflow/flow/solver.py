@@ -40,6 +40,10 @@ MAX_NFEV = 200_000   # default budget of gradient evaluations: an extreme, stiff
 # read to ~0.3% by interpolation): rtol 1e-5 above, 1e-8 for the small states.
 AUTO_LSODA_MAX = 2000
 RTOL_SMALL, RTOL_LARGE = 1e-8, 1e-5
+# quadrature="auto" takes the coarser t-grid (gradient to ~1e-8 of its largest entry, 2/3 of the
+# nodes) for flows integrated at rtol >= this: their steps err by far more than that
+FAST_QUADRATURE_RTOL = 1e-6
+QUADRATURES = ("auto", "fine", "fast")
 T_RANGE = (1e-9, 1e15)           # accepted t_max (and output times): beyond, no integrator copes
 CONVERGENCE_TOL = 1e-3           # solve(t_max=None): t |dL/dt| / L below this over a decade
 CONVERGENCE_CAP = 1e12           # solve(t_max=None) gives up there (status -1, says so)
@@ -135,7 +139,7 @@ def _step_masses(run, reduction) -> AreaMasses | None:
 def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact", integrator: str = "auto",
           rtol: float | None = None, atol: float = 1e-10, t_eval=None, init=None, max_nfev: int | None = MAX_NFEV,
           max_wall_time: float | None = None, jacobian: str = "auto", client=None, progress=None,
-          tol: float = CONVERGENCE_TOL) -> Solution:
+          tol: float = CONVERGENCE_TOL, quadrature: str = "auto") -> Solution:
     """Integrate the population gradient flow of the attention correlations.
 
     Parameters
@@ -176,6 +180,13 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         Convergence tolerance of ``t_max=None``: stop once ``t |dL/dt| / L < tol`` at every
         checkpoint (four per decade) of the last decade of time; the mean-field flow, whose loss
         tends to 0, compares with L(0) instead of L (docs/model.md section 7).
+    quadrature : {"auto", "fine", "fast"}
+        Accuracy of the t-integrals in the gradient (docs/model.md section 4): "fine" to ~1e-15;
+        "fast" with 2/3 of the nodes, the gradient to ~1e-8 of its largest entry; "auto"
+        (default) takes "fast" when rtol >= 1e-6 (the large states' default, 1e-5: the
+        integrator's own error is far larger) and "fine" otherwise. The states, the loss and
+        every observable computed from a Solution afterwards use the fine rule; the attention at
+        the step ends (phases of large states) comes from the gradient's pass.
 
     Returns
     -------
@@ -208,9 +219,13 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     solver_class = _check_integrator(integrator, n)
     _check_memory(n, OUTPUTS_PER_DECADE * 6 + 2 if t_max is None else candidates.size, solver_class)
     rtol = (RTOL_SMALL if n <= AUTO_LSODA_MAX else RTOL_LARGE) if rtol is None else positive_real("rtol", rtol)
+    choice("quadrature", quadrature, QUADRATURES)
+    if quadrature == "auto":
+        quadrature = "fast" if rtol >= FAST_QUADRATURE_RTOL else "fine"
+    evaluated = reduction.with_quadrature(quadrature)          # what the gradient passes see
     jac = _jacobian_function(reduction, method, solver_class, jacobian)
     budget = Budget(max_nfev, max_wall_time, start=start)      # the wall time counts from solve's start
-    field = FlowField(_evaluator(reduction, method, client), lambda y: State.from_flat(reduction, y), loss_rate)
+    field = FlowField(_evaluator(evaluated, method, client), lambda y: State.from_flat(evaluated, y), loss_rate)
     field.first = field.measure(y0.flat())
     loss0, rate0, _ = field.first
     convergence = None
@@ -254,5 +269,6 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     return Solution(t=t_out, states=states, model=model, method=method,
                     status=run.status, message=run.message, nfev=field.nfev + 1 + len(run.checks),
                     wall_time=time.perf_counter() - start, _dense=dense, _loss=_known_losses(t_out, run),
-                    converged=run.converged, integrator=solver_class.__name__, step_t=run.step_t,
+                    converged=run.converged, integrator=solver_class.__name__, quadrature=quadrature,
+                    step_t=run.step_t,
                     step_loss=run.step_loss, step_masses=_step_masses(run, reduction))

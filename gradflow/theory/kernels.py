@@ -488,7 +488,7 @@ def query_setup(reduction, A, B, B_self, s, k):
     n_pairs = keys.alpha.size
     work = QueryWork(np.empty((N_STORED, n_pairs)), np.empty((5, keys.seg_multi.size)), np.zeros((3, n_pairs)),
                      np.zeros((2, n_pairs)), product_chunk(reduction.mask_ratio))
-    rule, offset, x0, n = grid(log_dmin, log_dmax)
+    rule, offset, x0, n = grid(log_dmin, log_dmax, reduction.grid_step)
     return keys, terms, work, log_c, rule, offset, x0, n
 
 
@@ -508,7 +508,7 @@ def query_loss(method, reduction, A, B, B_self, s, k):
     j0 = reduction.key_feature[k, s] - reduction.feature_start[k]
     integral = 0.0
     for i in range(n):
-        sigma, h = node(rule, offset, x0, i)
+        sigma, h = node(rule, offset, x0, reduction.grid_step, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j
@@ -552,7 +552,7 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
     d_self = 0.0
     hidden = 0.0
     for i in range(n):
-        sigma, h = node(rule, offset, x0, i)
+        sigma, h = node(rule, offset, x0, reduction.grid_step, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
@@ -618,7 +618,7 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
     weight = work.coef[0]
     on_self = 0.0
     for i in range(n):
-        sigma, h = node(rule, offset, x0, i)
+        sigma, h = node(rule, offset, x0, reduction.grid_step, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
@@ -653,7 +653,7 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
     on_self = 0.0
     masked = 0.0
     for i in range(n):
-        sigma, h = node(rule, offset, x0, i)
+        sigma, h = node(rule, offset, x0, reduction.grid_step, i)
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
@@ -726,7 +726,7 @@ def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
     integral = 0.0
     d_self = 0.0
     for i in range(n):
-        sigma, h = node(rule, offset, x0, i)
+        sigma, h = node(rule, offset, x0, reduction.grid_step, i)
         t = math.exp(sigma)
         sum_log_phi = meanfield_node(reduction, k, keys, t, C, M, terms)
         tc = min(math.exp(sigma + log_c), T_CAP)
