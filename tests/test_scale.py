@@ -177,6 +177,34 @@ def test_dask_equals_local(client):
     np.testing.assert_allclose(there.A_classes, here.A_classes, rtol=1e-9, atol=1e-12)
 
 
+def test_each_shard_receives_only_its_clusters_columns_of_a(client, monkeypatch):
+    """The queries of a cluster read only its own features' FP correlations: a shard is sent
+    those columns of A (not the whole state) and returns those columns of the gradient and its
+    clusters' attention; the assembled result equals the local one."""
+    from gradflow.theory.distributed import ShardedPopulation
+    from gradflow.theory.population import loss_gradient_and_masses
+    from gradflow.theory.reduction import signature_reduction
+    from gradflow.theory.state import State
+    m = voronoi(grid=(3, 4), n_clusters=5, n_regions=3, seed=4, amplitudes="mixed", random_fraction=0.4)
+    reduction = signature_reduction(m)
+    rng = np.random.default_rng(2)
+    state = State(reduction, rng.standard_normal((reduction.n_classes, reduction.n_features)),
+                  rng.standard_normal((reduction.n_classes,) * 2), rng.standard_normal(reduction.n_classes))
+    sharded = ShardedPopulation(client, reduction, "exact", shards=3)
+    sent = []
+    submit = client.submit
+    monkeypatch.setattr(client, "submit", lambda fn, *args, **kw: (sent.append(args[2].shape), submit(fn, *args, **kw))[1])
+    value, grad, masses = sharded.loss_gradient_and_masses(state)
+    sizes = [int(reduction.feature_stop[shard[-1]] - reduction.feature_start[shard[0]]) for shard in sharded.shards]
+    assert sent == [(reduction.n_classes, n) for n in sizes] and sum(sizes) == reduction.n_features
+    here, grad_here, masses_here = loss_gradient_and_masses(state)
+    assert value == pytest.approx(here, rel=1e-12)
+    for name in ("A_classes", "B_classes", "B_self"):
+        np.testing.assert_allclose(getattr(grad, name), getattr(grad_here, name), rtol=1e-12, atol=1e-15)
+    for there, local in zip(masses, masses_here):
+        np.testing.assert_allclose(there, local, rtol=1e-12, atol=1e-15)
+
+
 def test_closed_client_is_refused():
     from dask.distributed import Client
     c = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
