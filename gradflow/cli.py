@@ -542,19 +542,15 @@ def main(argv=None) -> int:
     notice = first_run_notice(args)
     if notice:
         print(notice, file=sys.stderr)
-        if not compiled_before():
-            try:
-                compile_flow_kernels()       # two paths at once, on two cores (theory/warmup.py)
-            except KeyboardInterrupt:
-                print("gradflow: interrupted", file=sys.stderr)
-                return 130
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        return _run(args)
+        return _run(args, compile_first=bool(notice) and not compiled_before())
 
 
-def _run(args) -> int:
+def _run(args, compile_first: bool = False) -> int:
     try:
+        if compile_first:
+            compile_flow_kernels()       # two paths at once, on two cores (theory/warmup.py)
         return COMMANDS[args.command](args)
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         # bad input, or an input file we cannot read
