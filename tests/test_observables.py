@@ -75,6 +75,11 @@ def test_diversity_against_pairwise_maps(paper_solution):
         ov = sum(np.minimum(W[p], W[q]).sum() for p in range(P) for q in range(P) if p != q)
         assert d[i] == pytest.approx(1 - ov / (P * (P - 1)), abs=1e-12)
     assert d[-1] > 0.3
+    # at chosen output times only: the same numbers
+    np.testing.assert_array_equal(attention_diversity(paper_solution, at=[0, 40, -1]), d[[0, 40, -1]])
+    for bad in ([len(d)], [0.5], [[0, 1]]):
+        with pytest.raises(ValueError, match="at must be"):
+            attention_diversity(paper_solution, at=bad)
 
 
 def test_observables_on_a_training_run(paper_solution):

@@ -82,7 +82,7 @@ def run_point(model: DataModel, t_max: float | None, method: str, mc, path: str 
         out.update({name: summary.time(name) for name in ("T1", "T2", "T3")})
         out.update(final_loss=sol.loss_at(-1), oracle_loss=area_oracle_loss(model),
                    min_target_fraction=summary.min_target_fraction,
-                   diversity=float(attention_diversity(sol)[-1]), status=float(sol.status),
+                   diversity=float(attention_diversity(sol, at=[-1])[0]), status=float(sol.status),
                    nfev=float(sol.nfev))
         if mc:
             mc = dict(mc)

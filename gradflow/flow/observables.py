@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._validate import trajectory
+from ..errors import InvalidInputError
 from ..theory.population import attention_by_area, attention_by_class
 from ..theory.reduction import Reduction, position_reduction
 from ..theory.state import State
@@ -104,7 +105,6 @@ def phase_traces(result, traces: str = "auto") -> tuple[np.ndarray, AreaMasses]:
     labelling of the model, the step ends only to that accuracy.
     """
     if traces not in ("auto", "outputs", "steps"):
-        from ..errors import InvalidInputError
         raise InvalidInputError(f"traces must be one of ['auto', 'outputs', 'steps'], got {traces!r}")
     steps = getattr(result, "step_masses", None)
     if traces == "steps" and steps is None:
@@ -167,8 +167,11 @@ def ideal_diversity(model) -> float:
     return float(out)
 
 
-def attention_diversity(result) -> np.ndarray:
-    """(T,) attention diversity (docs/model.md section 5), per cluster, weighted by probability.
+def attention_diversity(result, at=None) -> np.ndarray:
+    """Attention diversity (docs/model.md section 5), per cluster, weighted by probability, at
+    every output time (T,) or at the output time indices ``at`` only (each costs an attention
+    pass over every pair of classes: a report that needs the start and the end asks for
+    ``at=[0, -1]``).
 
     0 means every masked query attends to the same keys (e.g. Q = 0); values near 1 mean
     disjoint attention patterns.
@@ -177,14 +180,20 @@ def attention_diversity(result) -> np.ndarray:
     states = result.states
     reduction = states.reduction
     T = len(states)
-    out = np.zeros(T)
+    if at is None:
+        indices = np.arange(T)
+    else:
+        indices = np.asarray(at)
+        if indices.ndim != 1 or indices.dtype.kind not in "iu" or np.any((indices < -T) | (indices >= T)):
+            raise InvalidInputError(f"at must be a 1-d sequence of output time indices in [-{T}, {T}), got {at!r}")
+    out = np.zeros(indices.size)
     if reduction.class_size.sum() < 2:
         return out
     with np.errstate(invalid="ignore", divide="ignore"):
         inverse = np.where(reduction.other_keys > 0, 1.0 / reduction.other_keys, 0.0)
-    for i in range(T):
-        att = attention_by_class(states[i], OBSERVABLE_METHOD)
+    for j, i in enumerate(indices):
+        att = attention_by_class(states[int(i)], OBSERVABLE_METHOD)
         for k in range(reduction.n_clusters):
-            out[i] += reduction.cluster_prob[k] * _diversity_one((att.unmasked[k] + att.masked[k]) * inverse,
+            out[j] += reduction.cluster_prob[k] * _diversity_one((att.unmasked[k] + att.masked[k]) * inverse,
                                                            att.on_self[k], reduction.class_size)
     return out
