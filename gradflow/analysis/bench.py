@@ -208,7 +208,8 @@ def bench_dask(row, quick):
         with local_client(workers) as client:
             sharded = ShardedPopulation(client, reduction, "exact")
             t = best_time(lambda: sharded.loss_and_gradient(state), repeat=2)
-            sharded.shards = [np.zeros(0, np.int64) for _ in sharded.shards]
+            sharded.shards = [np.zeros(0, np.int64) for _ in sharded.shards]   # no clusters: the
+            sharded.features = [np.zeros(0, np.int64) for _ in sharded.shards]  # round trip of B alone
             comm = best_time(lambda: sharded.loss_and_gradient(state), repeat=3)
         row(f"{layouts} layouts: exact gradient on {workers} Dask worker(s)", t, "s",
             f"round trip with no work {comm * 1e3:.0f} ms; per cluster {t * workers / layouts * 1e3:.0f} ms-worker")

@@ -30,7 +30,8 @@ def _check_client(client):
 
 def shard_features(reduction: Reduction, clusters: np.ndarray) -> np.ndarray:
     """The features (columns of A) of ``clusters``: all that their queries read of A."""
-    return np.concatenate([np.arange(reduction.feature_start[k], reduction.feature_stop[k]) for k in clusters])
+    return np.concatenate([np.zeros(0, dtype=np.int64)]
+                          + [np.arange(reduction.feature_start[k], reduction.feature_stop[k]) for k in clusters])
 
 
 def _shard_loss_and_gradient(reduction, method, A_columns, B, B_self, clusters, want_gradient):
