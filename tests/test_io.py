@@ -217,6 +217,10 @@ def test_a_full_disk_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and "the disk is full" in err[0]
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 0, DISK_FULL_BYTES))
     assert check_output_path(tmp_path / "flow.nc") == tmp_path / "flow.nc"
+    # a virtual file system (/proc, /sys: no storage at all) is named as such, not as a full disk
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 0))
+    with pytest.raises(OutputPathError, match="is on a virtual file system"):
+        check_output_path(tmp_path / "flow.nc")
 
 
 NETCDF_THREADS_SCRIPT = """

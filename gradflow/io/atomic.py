@@ -75,10 +75,13 @@ def check_output_path(path, what: str = "output") -> Path:
         raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} {kind}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is not writable")
-    free = _free_bytes(parent)
-    if free is not None and free < DISK_FULL_BYTES:       # the work would be done for nothing
-        raise OutputPathError(f"{what} {str(path)!r} could not be written: the disk is full ({free} bytes "
-                              f"free in {str(parent)!r})")
+    usage = _disk_usage(parent)
+    if usage is not None and usage.total == 0:            # /proc, /sys: no files can be made there
+        raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is on a virtual file system "
+                              f"(no storage, as /proc or /sys): choose a directory on a disk")
+    if usage is not None and usage.free < DISK_FULL_BYTES:   # the work would be done for nothing
+        raise OutputPathError(f"{what} {str(path)!r} could not be written: the disk is full ({usage.free} "
+                              f"bytes free in {str(parent)!r})")
     st = _stat(target, what, path)
     if st is None:                            # (a dangling symlink: the save creates its target)
         return target
@@ -147,10 +150,10 @@ DISK_FULL_BYTES = 1 << 20       # free space below which a disk counts as full: 
                                 # before the work, and a failed write is put down to it
 
 
-def _free_bytes(directory: Path):
-    """Bytes free for this process in ``directory``'s file system, None when it cannot be told."""
+def _disk_usage(directory: Path):
+    """``shutil.disk_usage`` of ``directory``'s file system, None when it cannot be told."""
     try:
-        return shutil.disk_usage(directory).free
+        return shutil.disk_usage(directory)
     except OSError:
         return None
 
@@ -162,9 +165,10 @@ def _disk_full(exc: BaseException, directory: Path):
     write into a directory with less than DISK_FULL_BYTES free (the partial file removed) counts."""
     if not isinstance(exc, Exception):
         return None
-    free = _free_bytes(directory)
-    if free is None:
+    usage = _disk_usage(directory)
+    if usage is None:
         return None
+    free = usage.free
     no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return free if no_space or free < DISK_FULL_BYTES else None
 
