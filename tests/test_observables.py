@@ -276,3 +276,18 @@ def test_summaries_take_medians_over_positions_not_classes():
     assert local.median["T2"] != 0.5 * (T2_big[0] + T2_small[0])     # what a median over classes gives
     assert median_time([1.0, 2.0, np.nan]) == 2.0
     assert np.isnan(median_time([1.0, np.nan, 2.0, np.nan]))   # half not reached: not reached
+
+
+def test_phase_traces_refuse_what_they_cannot_read(paper_solution):
+    """A traces name that does not exist, and step ends asked of a solution without them, are
+    InvalidInputErrors that say so."""
+    import dataclasses
+
+    from gradflow.flow.observables import phase_traces
+    with pytest.raises(ValueError, match=r"traces must be one of \['auto', 'outputs', 'steps'\], got 'x'"):
+        phase_traces(paper_solution, "x")
+    without = dataclasses.replace(paper_solution, step_masses=None)
+    with pytest.raises(ValueError, match="traces='steps' needs a Solution"):
+        phase_traces(without, "steps")
+    t, _ = phase_traces(without, "auto")                  # a small state: the output times
+    np.testing.assert_array_equal(t, paper_solution.t)

@@ -11,7 +11,6 @@ import math
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 from numba import njit
 

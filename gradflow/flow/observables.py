@@ -108,7 +108,6 @@ def phase_traces(result, traces: str = "auto") -> tuple[np.ndarray, AreaMasses]:
         raise InvalidInputError(f"traces must be one of ['auto', 'outputs', 'steps'], got {traces!r}")
     steps = getattr(result, "step_masses", None)
     if traces == "steps" and steps is None:
-        from ..errors import InvalidInputError
         raise InvalidInputError("traces='steps' needs a Solution whose exact gradient pass recorded the attention at "
                                 "its step ends (an exact flow integrated by RK45, RK23 or DOP853)")
     if steps is not None and (traces == "steps" or (traces == "auto" and result.states.flat().shape[-1]
