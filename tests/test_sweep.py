@@ -56,6 +56,11 @@ def test_sweep_command_line(tmp_path, capsys):
     spec.write_text('preset = "global_local"\nt_max = 200.0\n[fixed]\nn_local = 2\n[grid]\nP = [16, 36]\n')
     assert main(["sweep", "--grid", str(spec), "--out", str(tmp_path / "out")]) == 0
     assert "2 points (2 computed now, 0 failed)" in capsys.readouterr().out
+    # a point that fails (n_local = 9 areas of 4 do not fit in P = 16) makes the exit status 1
+    some_fail = tmp_path / "some_fail.toml"
+    some_fail.write_text('preset = "global_local"\nt_max = 200.0\n[fixed]\nP = 16\n[grid]\nn_local = [2, 9]\n')
+    assert main(["sweep", "--grid", str(some_fail), "--out", str(tmp_path / "out2")]) == 1
+    assert "2 points (1 computed now, 1 failed)" in capsys.readouterr().out
     assert main(["sweep", "--grid", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
     assert main(["sweep", "--grid", str(spec), "--out", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1"]) == 2
 
