@@ -136,6 +136,41 @@ def _flow_at(solution: Solution, times: np.ndarray) -> tuple[np.ndarray, State |
     return inside, State.from_flat(solution.reduction, ys)
 
 
+# Gauss-Legendre rule on [0, 1] for the flow's mean loss over a record interval
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(6)
+_GL_X, _GL_W = 0.5 * (_GL_X + 1.0), 0.5 * _GL_W
+
+
+def _flow_interval_losses(solution: Solution, t: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """(T,) the flow's loss averaged the way a run records its loss: the mean of the batch losses
+    of the steps since the previous record, each taken at the state before its step (t = lr k
+    for steps k = s_{i-1} .. s_i - 1). That mean is the flow's loss averaged over
+    [t_{i-1} - lr/2, t_i - lr/2] (midpoint rule), taken here by a 6-point Gauss-Legendre rule;
+    the half step before t = 0 counts at the loss of t = 0. NaN at the first record and where
+    the interval leaves the flow's span.
+    (The flow's loss at the interval's midpoint, compared before, sits below such a mean wherever
+    the loss curves upward: 0.37 against 0.57 over t = 0 .. 50 of the README's 2 x 3 model.)"""
+    out = np.full(t.size, np.nan)
+    lo, hi = solution.dense_range()
+    for i in range(1, t.size):
+        n = step[i] - step[i - 1]
+        if n <= 0 or step[i] <= 0:
+            continue
+        lr = t[i] / step[i]
+        a, b = t[i - 1] - 0.5 * lr, t[i] - 0.5 * lr
+        start = max(a, 0.0)
+        if start < lo or b > hi * (1 + 1e-12) or b <= start:
+            continue
+        nodes = list(start + (b - start) * _GL_X) + ([0.0] if a < 0.0 else [])
+        states = State.from_flat(solution.reduction, np.stack([solution._dense(min(x, hi)) for x in nodes]))
+        values = [loss(states[j], solution.method) for j in range(len(nodes))]
+        total = (b - start) * float(np.dot(_GL_W, values[:_GL_W.size]))
+        if a < 0.0:                                 # the first step's half cell before t = 0
+            total += -a * values[-1]
+        out[i] = total / (b - a)
+    return out
+
+
 def compare(solution: Solution, runs) -> Comparison:
     """Compare a gradient-flow solution with one or several Monte-Carlo runs.
 
@@ -150,8 +185,8 @@ def compare(solution: Solution, runs) -> Comparison:
     -------
     Comparison
         Observables "target_attention" (T, K, P), "target_fp" (T, K, P) (A[p, f(k, area_k(p))])
-        and "loss" (T,) (the MC loss averaged over each record interval against the flow loss at
-        the interval's midpoint; NaN at t = 0). The flow is compared only where it is defined:
+        and "loss" (T,) (the MC loss averaged over each record interval against the flow's loss
+        averaged over the same steps; NaN at t = 0). The flow is compared only where it is defined:
         a loaded solution that starts after t = 0 leaves earlier records out, and says so.
         Runs without projected correlations (PyTorch rungs with ``A`` None) have no "target_fp":
         it is left out, and their "target_attention" is the attention measured on their
@@ -168,12 +203,7 @@ def compare(solution: Solution, runs) -> Comparison:
     flow_att[inside] = target_attention_along(states)[:, :, reduction.class_of]
     flow_fp = np.full((T, K, P), np.nan)
     flow_fp[inside] = _target_fp(model, states.A)
-    mid = np.concatenate([[0.0], 0.5 * (t[1:] + t[:-1])])
-    inside_mid, mid_states = _flow_at(solution, mid)
-    flow_loss = np.full(T, np.nan)
-    if mid_states is not None:
-        flow_loss[inside_mid] = [loss(mid_states[i], solution.method) for i in range(len(mid_states))]
-    flow_loss[0] = np.nan
+    flow_loss = _flow_interval_losses(solution, t, runs[0].step)
 
     obs = {"target_attention": _compare_one("target_attention", flow_att,
                                             np.stack([r.target_attention for r in runs]))}
