@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import positive_real
+from ._validate import choice, positive_real
 from .analysis.comparison import compare
 from .analysis.image_flows import DEFAULT_METHOD as IMAGE_METHOD
 from .analysis.verification import verify
@@ -159,8 +159,7 @@ def _model_from(args):
             flags = [f for f, o in PRESET_FLAGS.items() if o in given]
             raise InvalidInputError(f"{', '.join(flags)} cannot be combined with --config (the file sets the model)")
         return load_model(args.config)
-    if args.preset not in PRESETS:
-        raise InvalidInputError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
+    choice("--preset", args.preset, sorted(PRESETS))
     known = preset_options(args.preset)
     for flag, opt in PRESET_FLAGS.items():
         if opt in given and opt not in known:
