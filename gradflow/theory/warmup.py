@@ -1,9 +1,10 @@
 """Compile the flow's kernels before a first run, on two cores at once.
 
 Numba compiles on one core, and compilation was most of a cold ``python -m gradflow`` (13.6 s end
-to end, 9.4 s of it in the solve, on 2 cores). A flow needs two kernel paths that share only
-small helpers: the gradient (``loss_gradient_and_masses``, every step of the integrator) and the
-attention by area at the output times (``attention_by_area``, for the phases). On a cold cache the
+to end, 9.4 s of it in the solve, on 2 cores). A flow needs two kernel paths: the gradient
+(``loss_gradient_and_masses``, every step of the integrator) and the attention by area at the
+output times (``attention_by_area``, for the phases); each compiles the per-query helpers they
+share again, which costs less than waiting for the other. On a cold cache the
 command line compiles the gradient path in its own process while a child process compiles the
 attention path; both write Numba's on-disk cache, and once the child is done the command runs
 with both paths cached. With one usable CPU, or when the child cannot start, each path is compiled
