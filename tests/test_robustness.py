@@ -550,3 +550,47 @@ def test_local_cluster_workers_run_one_numba_thread_and_leave_this_environment_a
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:2] == ["[(1, 1)] 2", "True"]
+
+
+def test_a_failing_part_stops_the_other_threads_and_is_raised():
+    """An error (or Ctrl-C) in one part of a kernel call stops every thread at its next part and
+    reaches the caller; it does not wait for the other thread to work through the rest alone."""
+    import time
+
+    from gradflow.theory import parallel
+    for failure in (ValueError("part 0 failed"), KeyboardInterrupt()):
+        ran = []
+
+        def call(rows):
+            ran.append(int(rows[0]))
+            time.sleep(0.05)
+            if rows[0] == 0:
+                raise failure
+        with pytest.raises(type(failure)):
+            parallel.run_rows(call, 16, 2)
+        assert len(ran) <= 3                  # of 8 parts: the failing one and at most one per thread
+
+
+RUN_ROWS_AT_SHUTDOWN = """
+import threading, time
+import numpy as np
+from gradflow.theory import parallel
+parallel.run_rows(lambda rows: None, 4, 2)          # the pool exists
+def late():                                         # runs after the main thread has finished
+    time.sleep(0.3)
+    out = np.zeros(10)
+    def call(rows):
+        out[rows] = rows
+    parallel.run_rows(call, 10, 2)
+    print(out.sum())
+threading.Thread(target=late).start()
+"""
+
+
+def test_kernel_calls_after_the_main_thread_has_finished_run_on_the_calling_thread():
+    """Once the interpreter shuts down its thread pools take no more work; a kernel call from a
+    thread still running then does every part itself (it raised RuntimeError)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", RUN_ROWS_AT_SHUTDOWN], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["45.0"], out.stderr[-2000:]

@@ -113,6 +113,9 @@ def run_rows(call, n_rows: int, threads: int) -> None:
     ``call`` must only write the outputs of its own rows (then the result does not depend on the
     split) and should spend its time in a kernel that releases the GIL. Rows are dealt round-robin
     into ``PARTS_PER_THREAD`` parts per thread, which the threads take in turn as they finish.
+    When a part fails (or the caller is interrupted), no thread starts another part, and the first
+    failure is raised. Where the pool takes no more work (the interpreter is shutting down), every
+    part runs on the calling thread.
     """
     if threads <= 1 or n_rows <= 1:
         call(np.arange(n_rows, dtype=np.int64))
@@ -120,24 +123,41 @@ def run_rows(call, n_rows: int, threads: int) -> None:
     n_parts = min(n_rows, threads * PARTS_PER_THREAD)
     parts = iter([np.arange(j, n_rows, n_parts, dtype=np.int64) for j in range(n_parts)])
     take = threading.Lock()
+    failures = []                  # the first failure stops every thread at its next part
 
     def work():
         while True:
             with take:
-                part = next(parts, None)
+                part = None if failures else next(parts, None)
             if part is None:
                 return
-            call(part)
+            try:
+                call(part)
+            except BaseException as exc:
+                with take:
+                    failures.append(exc)
+                raise
 
-    helpers = [_POOL.get().submit(work) for _ in range(min(threads, n_parts) - 1)]
+    helpers = []
+    try:
+        executor = _POOL.get()
+        for _ in range(min(threads, n_parts) - 1):
+            helpers.append(executor.submit(work))
+    except RuntimeError:           # "cannot schedule new futures after shutdown": the caller does it all
+        pass
     try:
         work()
     finally:
         # helpers the pool has not started (it is busy, e.g. with the calls of other threads) are
         # not waited for: the parts are done, and waiting could deadlock a call made from the pool
-        pending = [h for h in helpers if not h.cancel()]
-        for h in pending:
-            h.result()
+        for h in helpers:
+            if not h.cancel():
+                try:
+                    h.result()
+                except BaseException:      # already in ``failures``
+                    pass
+    if failures:
+        raise failures[0]
 
 
 def kernel_work(reduction) -> float:
