@@ -42,7 +42,7 @@ from .model.config import EXAMPLE as CONFIG_EXAMPLE
 from .model.config import load_model
 from .model.presets import PRESETS, global_local, preset, preset_options, square_grid
 from .theory.kernels import compiled_before
-from .theory.warmup import compile_flow_kernels
+from .theory import warmup
 from .training import transformer as training_kernels
 from .training.run import TrainRun
 from .training.sgd import train_transformer
@@ -500,6 +500,9 @@ COMMANDS = {None: cmd_default, "solve": cmd_solve, "train": cmd_train, "compare"
             "figures": cmd_figures, "images": cmd_images}
 
 
+# commands that solve flows or read their phases: a first run compiles the attention kernels for
+# them in a child process while it compiles the gradient itself (theory/warmup.py)
+FLOW_COMMANDS = (None, "solve", "verify", "compare", "sweep", "figures", "images", "ladder")   # not bench: it times
 # commands that train Monte-Carlo transformers (verify only with --mc)
 TRAINING_COMMANDS = ("train", "figures", "bench")
 
@@ -541,15 +544,18 @@ def main(argv=None) -> int:
     notice = first_run_notice(args)
     if notice:
         print(notice, file=sys.stderr)
+        if args.command in FLOW_COMMANDS and not compiled_before():
+            warmup.start()              # the attention kernels compile on a second core meanwhile
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        return _run(args, compile_first=bool(notice) and not compiled_before())
+        try:
+            return _run(args)
+        finally:
+            warmup.stop_all()
 
 
-def _run(args, compile_first: bool = False) -> int:
+def _run(args) -> int:
     try:
-        if compile_first:
-            compile_flow_kernels()       # two paths at once, on two cores (theory/warmup.py)
         return COMMANDS[args.command](args)
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         # bad input, or an input file we cannot read

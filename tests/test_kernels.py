@@ -121,31 +121,47 @@ WARMUP_SCRIPT = """
 import numpy as np
 from gradflow.presets import global_local
 from gradflow.flow.solver import solve
-from gradflow.theory import kernels
+from gradflow.theory import kernels, warmup
 from gradflow.theory.parallel import available_cpus
-from gradflow.theory.warmup import compile_flow_kernels
 assert not kernels.compiled_before()
-compile_flow_kernels()
-in_here = bool(kernels.area_attention_rows.signatures)      # compiled in this process?
+warmup.start()                                   # returns at once; the child compiles meanwhile
 sol = solve(global_local(16, n_local=2, local_size=4), 50.0, t_eval=[0.0, 25.0, 50.0])
-print(kernels.compiled_before(), in_here, available_cpus(), repr(sol.target_attention[-1].tolist()))
+target = sol.target_attention[-1]                # the first attention call waits for the child
+stats = kernels.area_attention_rows.stats
+print(kernels.compiled_before(), sum(stats.cache_hits.values()), sum(stats.cache_misses.values()),
+      available_cpus(), repr(target.tolist()))
 """
 
 
 def test_the_first_run_compiles_the_attention_path_in_a_child_process(tmp_path):
-    """On a cold cache the command line compiles the gradient path here and the attention path in
-    a child process at once; the child's cached kernels are then loaded, not compiled again, and
-    give the numbers of a process that compiled everything itself."""
+    """On a cold cache the command line starts a child compiling the attention kernels while it
+    goes on (and compiles the gradient itself); the first attention call waits for the child and
+    loads its cached kernels instead of compiling them, with the numbers of a process that
+    compiled everything itself."""
     import os
     import subprocess
     import sys
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", WARMUP_SCRIPT], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    cached, in_here, cpus, target = out.stdout.split(" ", 3)
+    cached, hits, misses, cpus, target = out.stdout.split(" ", 4)
     assert cached == "True"
-    assert in_here == ("True" if int(cpus) < 2 else "False")
+    assert (hits, misses) == (("0", "1") if int(cpus) < 2 else ("1", "0"))
     from gradflow.flow.solver import solve
     from gradflow.presets import global_local
     here = solve(global_local(16, n_local=2, local_size=4), 50.0, t_eval=[0.0, 25.0, 50.0]).target_attention[-1]
     np.testing.assert_array_equal(np.array(eval(target)), here)
+
+
+def test_a_child_that_does_not_finish_is_stopped_and_the_path_compiled_here(monkeypatch):
+    """A child that hangs costs at most the wait limit: it is stopped, and nothing is left running."""
+    import subprocess
+    import sys
+    import time
+
+    from gradflow.theory import warmup
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setitem(warmup._children, "attention", child)
+    start = time.perf_counter()
+    warmup.wait_for("attention", limit=0.5)
+    assert time.perf_counter() - start < 5 and child.poll() is not None and not warmup._children

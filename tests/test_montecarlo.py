@@ -204,6 +204,12 @@ def test_the_loss_is_compared_over_the_steps_it_averages(small_flow):
         starts = lr * np.arange(runs[0].step[i - 1], runs[0].step[i])
         direct = np.mean([loss(sol.at(ti)) for ti in starts])
         assert flow[i] == pytest.approx(direct, rel=2e-4)
+    # records a few steps apart (log-spaced early records): averaged exactly, at each step's start
+    steps = np.array([0, 1, 3, 9, 15])
+    short = _flow_interval_losses(sol, lr * steps, steps)
+    for i in range(1, steps.size):
+        direct = np.mean([loss(sol.at(ti)) for ti in lr * np.arange(steps[i - 1], steps[i])])
+        assert short[i] == pytest.approx(direct, rel=1e-12)
     c = compare(sol, runs)["loss"]
     np.testing.assert_array_equal(c.flow[1:], flow[1:])
     assert c.max_abs_error < 3 * np.max(c.mc_std[1:]) + 1e-3

@@ -146,8 +146,9 @@ def _flow_interval_losses(solution: Solution, t: np.ndarray, step: np.ndarray) -
     of the steps since the previous record, each taken at the state before its step (t = lr k
     for steps k = s_{i-1} .. s_i - 1). That mean is the flow's loss averaged over
     [t_{i-1} - lr/2, t_i - lr/2] (midpoint rule), taken here by a 6-point Gauss-Legendre rule;
-    the half step before t = 0 counts at the loss of t = 0. NaN at the first record and where
-    the interval leaves the flow's span.
+    the half step before t = 0 counts at the loss of t = 0. An interval of at most 6 steps is
+    averaged exactly, at each step's start. NaN at the first record and where the interval
+    leaves the flow's span.
     (The flow's loss at the interval's midpoint, compared before, sits below such a mean wherever
     the loss curves upward: 0.37 against 0.57 over t = 0 .. 50 of the README's 2 x 3 model.)"""
     out = np.full(t.size, np.nan)
@@ -157,18 +158,27 @@ def _flow_interval_losses(solution: Solution, t: np.ndarray, step: np.ndarray) -
         if n <= 0 or step[i] <= 0:
             continue
         lr = t[i] / step[i]
+        if n <= _GL_W.size:                         # few steps: the mean itself, exactly
+            starts = lr * np.arange(step[i - 1], step[i])
+            if starts[0] < lo or starts[-1] > hi * (1 + 1e-12):
+                continue
+            out[i] = float(np.mean(_losses_at(solution, starts, hi)))
+            continue
         a, b = t[i - 1] - 0.5 * lr, t[i] - 0.5 * lr
         start = max(a, 0.0)
         if start < lo or b > hi * (1 + 1e-12) or b <= start:
             continue
-        nodes = list(start + (b - start) * _GL_X) + ([0.0] if a < 0.0 else [])
-        states = State.from_flat(solution.reduction, np.stack([solution._dense(min(x, hi)) for x in nodes]))
-        values = [loss(states[j], solution.method) for j in range(len(nodes))]
+        values = _losses_at(solution, list(start + (b - start) * _GL_X) + ([0.0] if a < 0.0 else []), hi)
         total = (b - start) * float(np.dot(_GL_W, values[:_GL_W.size]))
         if a < 0.0:                                 # the first step's half cell before t = 0
             total += -a * values[-1]
         out[i] = total / (b - a)
     return out
+
+
+def _losses_at(solution: Solution, times, hi: float) -> list:
+    states = State.from_flat(solution.reduction, np.stack([solution._dense(min(x, hi)) for x in times]))
+    return [loss(states[j], solution.method) for j in range(len(times))]
 
 
 def compare(solution: Solution, runs) -> Comparison:

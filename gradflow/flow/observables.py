@@ -183,6 +183,8 @@ def attention_diversity(result, at=None) -> np.ndarray:
         indices = np.arange(T)
     else:
         indices = np.asarray(at)
+        if indices.size == 0 and indices.ndim == 1:
+            indices = indices.astype(np.int64)
         if indices.ndim != 1 or indices.dtype.kind not in "iu" or np.any((indices < -T) | (indices >= T)):
             raise InvalidInputError(f"at must be a 1-d sequence of output time indices in [-{T}, {T}), got {at!r}")
     out = np.zeros(indices.size)

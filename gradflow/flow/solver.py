@@ -184,9 +184,11 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         Accuracy of the t-integrals in the gradient (docs/model.md section 4): "fine" to ~1e-15;
         "fast" with 2/3 of the nodes, the gradient to ~1e-8 of its largest entry; "auto"
         (default) takes "fast" when rtol >= 1e-6 (the large states' default, 1e-5: the
-        integrator's own error is far larger) and "fine" otherwise. The states, the loss and
-        every observable computed from a Solution afterwards use the fine rule; the attention at
-        the step ends (phases of large states) comes from the gradient's pass.
+        integrator's own error is far larger) and "fine" otherwise. What the gradient passes
+        computed on the way keeps their rule: the loss at the step ends (``step_loss``, and
+        ``loss`` at the output times that are step ends) and the attention there
+        (``step_masses``, the phases of large states); everything computed from a Solution
+        afterwards uses the fine rule.
 
     Returns
     -------
@@ -234,7 +236,7 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
             return Solution(t=np.zeros(1), states=State.from_flat(reduction, y0.flat()[None]), model=model,
                             method=method, status=0, message="stationary at t = 0 (the gradient vanishes)",
                             nfev=1, wall_time=time.perf_counter() - start, _loss=np.array([loss0]),
-                            converged=True)
+                            converged=True, quadrature=quadrature)
         tau0 = abs(loss0 / rate0)
         # the mean-field loss tends to 0 like 1/t (docs/model.md section 7): judge it against L(0)
         convergence = Convergence(tol=tol, tau0=tau0, scale=abs(loss0) if method == "meanfield" else None)

@@ -76,10 +76,11 @@ def check_output_path(path, what: str = "output") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is not writable")
     usage = _disk_usage(parent)
-    if usage is not None and usage.total == 0:            # /proc, /sys: no files can be made there
-        raise OutputPathError(f"{what} {str(path)!r}: directory {str(parent)!r} is on a virtual file system "
-                              f"(no storage, as /proc or /sys): choose a directory on a disk")
-    if usage is not None and usage.free < DISK_FULL_BYTES:   # the work would be done for nothing
+    if usage is not None and usage.total == 0:
+        # no size: /proc and /sys, where no file can be made, but also an unlimited tmpfs or a
+        # FUSE file system, where it can: try
+        _probe_write(parent, what, path)
+    elif usage is not None and usage.free < DISK_FULL_BYTES:   # the work would be done for nothing
         raise OutputPathError(f"{what} {str(path)!r} could not be written: the disk is full ({usage.free} "
                               f"bytes free in {str(parent)!r})")
     st = _stat(target, what, path)
@@ -150,6 +151,17 @@ DISK_FULL_BYTES = 1 << 20       # free space below which a disk counts as full: 
                                 # before the work, and a failed write is put down to it
 
 
+def _probe_write(directory: Path, what: str, shown: Path) -> None:
+    """Make and remove a file in ``directory``; OutputPathError naming why when that fails."""
+    probe = directory / f".gradflow-probe-{os.getpid()}.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"{what} {str(shown)!r}: no file can be made in {str(directory)!r} "
+                              f"({_reason(exc)}; a virtual file system such as /proc or /sys?)") from None
+
+
 def _disk_usage(directory: Path):
     """``shutil.disk_usage`` of ``directory``'s file system, None when it cannot be told."""
     try:
@@ -166,7 +178,7 @@ def _disk_full(exc: BaseException, directory: Path):
     if not isinstance(exc, Exception):
         return None
     usage = _disk_usage(directory)
-    if usage is None:
+    if usage is None or usage.total == 0:          # no size to be full (an unlimited tmpfs, /proc)
         return None
     free = usage.free
     no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

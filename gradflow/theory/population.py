@@ -12,7 +12,7 @@ import numpy as np
 
 from .._validate import check_memory, choice
 from ..model import DataModel
-from . import kernels
+from . import kernels, warmup
 from .parallel import run_rows, threads_for
 from .reduction import Reduction
 from .state import State
@@ -133,6 +133,7 @@ def attention_by_area(states: State, method: str = "exact") -> tuple[np.ndarray,
     its (time, class) rows on threads:
     the mass of a masked query on the unmasked keys of each area of its cluster, and on masked
     keys (itself included)."""
+    warmup.wait_for("attention")          # a first run's child may be compiling these kernels
     reduction = states.reduction
     A = np.ascontiguousarray(states.A_classes.reshape((-1,) + states.A_classes.shape[-2:]))
     B = np.ascontiguousarray(states.B_classes.reshape((-1,) + states.B_classes.shape[-2:]))

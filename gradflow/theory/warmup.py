@@ -1,21 +1,21 @@
-"""Compile the flow's kernels before a first run, on two cores at once.
+"""Compile the flow's kernels before a first run needs them, on a second core.
 
 Numba compiles on one core, and compilation was most of a cold ``python -m gradflow`` (13.6 s end
 to end, 9.4 s of it in the solve, on 2 cores). A flow needs two kernel paths: the gradient
 (``loss_gradient_and_masses``, every step of the integrator) and the attention by area at the
-output times (``attention_by_area``, for the phases); each compiles the per-query helpers they
-share again, which costs less than waiting for the other. On a cold cache the
-command line compiles the gradient path in its own process while a child process compiles the
-attention path; both write Numba's on-disk cache, and once the child is done the command runs
-with both paths cached. With one usable CPU, or when the child cannot start, each path is compiled
-where it is first used, as before. A library call never starts a process: only the command line
-asks for this (``compile_flow_kernels``).
+output times (``attention_by_area``, for the phases). On a cold cache the command line starts a
+child process that compiles the attention path into Numba's on-disk cache (``start``) and goes
+on at once: it checks its input, and compiles the gradient path itself when it first solves.
+Before the attention kernels are first called, ``population.attention_by_area`` waits for the
+child (``wait_for``: at most ``WAIT_LIMIT`` seconds, then the child is stopped and the path is
+compiled where it is used, as without a child) and loads what it cached. The command stops a
+child still running when it ends. With one usable CPU, or when no process can be started,
+nothing changes. A library call never starts a process: only the command line asks for this.
 
 ``python -m gradflow.theory.warmup PATH ...`` compiles the named paths in this process.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +28,8 @@ from .reduction import signature_reduction
 from .state import State
 
 PATHS = ("gradient", "attention")
+WAIT_LIMIT = 120.0        # seconds a kernel call waits for a child (a compile takes ~8 s on 2 cores)
+_children: dict = {}      # path -> the process compiling it
 
 
 def _small_state(stacked: bool) -> State:
@@ -50,35 +52,48 @@ def compile_path(name: str) -> None:
         raise ValueError(f"path must be one of {PATHS}, got {name!r}")
 
 
-def compile_flow_kernels(paths=PATHS) -> None:
-    """Compile ``paths``: the first here and each other one at the same time in a child process
-    while CPUs allow; returns when every path is compiled (and cached)."""
-    paths = list(paths)
-    children = []
-    spare = available_cpus() - 1
-    package_parent = str(Path(__file__).resolve().parents[2])     # the child imports this gradflow
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
-    for name in paths[1:]:
-        if len(children) >= spare:
-            break
+def start(paths=("attention",)) -> None:
+    """Start a child process compiling each of ``paths`` while CPUs beyond this one allow; returns
+    at once. Nothing is started with one usable CPU or where no process can be started."""
+    spare = available_cpus() - 1 - len(_children)
+    # the child imports this gradflow: appended, so that an installed one is found as usual
+    code = ("import sys; sys.path.append({!r}); from gradflow.theory.warmup import compile_path; "
+            "[compile_path(p) for p in sys.argv[1:]]").format(str(Path(__file__).resolve().parents[2]))
+    for name in paths:
+        if spare <= 0 or name in _children:
+            continue
         try:
-            children.append((name, subprocess.Popen([sys.executable, "-m", "gradflow.theory.warmup", name],
-                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                    stderr=subprocess.DEVNULL, env=env)))
-        except OSError:          # no process can be started here: compile where first used
-            break
-    started = {name for name, _ in children}
+            _children[name] = subprocess.Popen([sys.executable, "-c", code, name], stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spare -= 1
+        except OSError:
+            return
+
+
+def wait_for(name: str, limit: float | None = None) -> None:
+    """Wait for the child compiling ``name``, if any (at most ``limit`` seconds, default
+    WAIT_LIMIT; a child still running then is stopped)."""
+    child = _children.pop(name, None)
+    if child is None:
+        return
     try:
-        for name in paths:
-            if name not in started:
-                compile_path(name)
-        for _, child in children:
-            child.wait()
+        child.wait(timeout=WAIT_LIMIT if limit is None else limit)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
-        for _, child in children:            # interrupted: a child's cache writes are atomic
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        _stop(child)
+
+
+def stop_all() -> None:
+    """Stop every child still compiling (their cache writes are atomic: nothing is left half-done)."""
+    while _children:
+        _stop(_children.popitem()[1])
+
+
+def _stop(child) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait()
 
 
 if __name__ == "__main__":
