@@ -9,15 +9,24 @@ from numba import njit
 from gradflow.model.presets import voronoi
 from gradflow.theory import kernels
 from gradflow.theory.reduction import signature_reduction
-from gradflow.theory.vector_math import exp_nonpositive
+from gradflow.theory.vector_math import exp_nonpositive, log_normal_positive
 
 
 @njit(error_model="numpy", fastmath={"reassoc", "contract"})
-def _exp_all(x):
+def _elementwise(fn, x):
+    """fn (a vectorisable scalar function of vector_math) at every x, as the kernels call it."""
     out = np.empty(x.size)
     for i in range(x.size):
-        out[i] = exp_nonpositive(x[i])
+        out[i] = fn(x[i])
     return out
+
+
+def _exp_all(x):
+    return _elementwise(exp_nonpositive, x)
+
+
+def _log_all(x):
+    return _elementwise(log_normal_positive, x)
 
 
 def test_exp_nonpositive_against_the_c_library():
@@ -28,23 +37,41 @@ def test_exp_nonpositive_against_the_c_library():
     assert np.array_equal(_exp_all(np.array([-708.5, -1e4, -1e300, -np.inf])), np.zeros(4))
 
 
+def test_log_normal_positive_against_the_c_library():
+    x = np.concatenate([np.geomspace(2.3e-308, 1.0, 1_000_001), np.linspace(0.5, 2.0, 100_001),
+                        1.0 + np.linspace(-1e-6, 1e-6, 1001), [1.0, 1e300, np.finfo(float).max]])
+    ref = np.log(x)
+    err = np.abs(_log_all(x) - ref)
+    assert np.max(err / np.maximum(np.abs(ref), 1.0)) < 3e-16          # absolute near x = 1
+    far = np.abs(ref) > 1e-3
+    assert np.max(err[far] / np.abs(ref[far])) < 4e-16
+    assert _log_all(np.array([1.0]))[0] == 0.0
+
+
 @njit(error_model="numpy")
-def _area_terms_both_ways(reduction, A, B, B_self, s, k):
-    """Per-area sums at every node of one query, from the vectorised pair pass and from the
-    general one (logs where need be), which the kernel takes when a weight is not linear-safe."""
+def _area_terms_three_ways(reduction, A, B, B_self, s, k):
+    """Per-area sums at every node of one query, from the vectorised pair pass with the columns'
+    logs of psi, from the general pass (logs where need be), which the kernel takes when a
+    weight is not linear-safe, and from the vectorised pass with one log per key (which the
+    kernel takes when min(gamma, 1 - gamma) < 1e-19)."""
     keys, terms, work, log_c, rule, offset, x0, n = kernels.query_setup(reduction, A, B, B_self, s, k)
     general = kernels.QueryKeys(keys.pair_class, keys.pair_m, keys.pair_z, keys.log_alpha, keys.alpha,
-                                keys.log_beta, keys.beta, keys.seg_start, keys.seg_multi, keys.area_seg, False)
+                                keys.log_beta, keys.beta, keys.seg_col, keys.seg_multi, keys.area_seg, False)
+    per_key = kernels.QueryWork(work.stored, work.columns, work.sums, work.coef, work.acc, False)
     worst = 0.0
     for i in range(n):
         sigma, h = kernels.node(rule, offset, x0, reduction.grid_step, i)
         fast = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, work)
         e1, e2 = terms.e1.copy(), terms.e2.copy()
-        slow = kernels.area_terms(kernels.EXACT, reduction, k, sigma, general, terms, work)
-        worst = max(worst, abs(fast - slow) / max(1.0, abs(slow)))
-        for j in range(e1.size):
-            worst = max(worst, abs(e1[j] - terms.e1[j]) / max(1.0, abs(terms.e1[j])),
-                        abs(e2[j] - terms.e2[j]) / max(1.0, abs(terms.e2[j])))
+        for other in range(2):
+            if other == 0:
+                slow = kernels.area_terms(kernels.EXACT, reduction, k, sigma, general, terms, work)
+            else:
+                slow = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, per_key)
+            worst = max(worst, abs(fast - slow) / max(1.0, abs(slow)))
+            for j in range(e1.size):
+                worst = max(worst, abs(e1[j] - terms.e1[j]) / max(1.0, abs(terms.e1[j])),
+                            abs(e2[j] - terms.e2[j]) / max(1.0, abs(terms.e2[j])))
     return worst, n, keys.linear
 
 
@@ -53,34 +80,54 @@ def test_fast_pair_pass_equals_the_general_one():
     reduction = signature_reduction(m)
     rng = np.random.default_rng(0)
     S, F = reduction.n_classes, reduction.n_features
+    assert reduction.other_keys.max() > kernels.SMALL_M          # keys of both kinds of class
     checked = 0
     for scale in (0.2, 2.0, 6.0):
         A, B, Bs = scale * rng.standard_normal((S, F)), scale * rng.standard_normal((S, S)), rng.standard_normal(S)
         for s in range(0, S, 3):
             for k in range(reduction.n_clusters):
-                worst, n, linear = _area_terms_both_ways(reduction, A, B, Bs, np.int64(s), np.int64(k))
+                worst, n, linear = _area_terms_three_ways(reduction, A, B, Bs, np.int64(s), np.int64(k))
                 assert linear and n > 0
                 assert worst < 1e-13, (scale, s, k, worst)
                 checked += 1
     assert checked > 20
 
 
-def test_padding_pairs_are_neutral():
-    """Segments of keys seen once are padded to whole vector blocks with weight-0 pairs."""
-    m = voronoi(grid=(5, 6), n_clusters=3, n_regions=4, seed=5)
-    reduction = signature_reduction(m)
-    S, F = reduction.n_classes, reduction.n_features
-    rng = np.random.default_rng(1)
-    keys, _, _, _ = kernels.query_keys(reduction, rng.standard_normal((S, F)), rng.standard_normal((S, S)),
-                                       np.zeros(S), np.int64(0), np.int64(1))
-    pad = keys.pair_class < 0
-    assert pad.any() and np.all(keys.alpha[pad] == 0) and np.all(keys.beta[pad] == 0)
-    assert np.all(np.isneginf(keys.log_alpha[pad]))
-    for q in range(keys.seg_multi.size):
-        assert (keys.seg_multi[q] - keys.seg_start[q]) % kernels.LANES == 0
-    real = ~pad
-    assert math.isclose(keys.pair_m[real].sum(), sum(
-        reduction.other_keys[0, r] * reduction.n_atoms[reduction.key_feature[1, r]] for r in range(S)))
+def test_lane_layout_and_neutral_padding():
+    """Pairs fill whole columns of L lanes per segment, small classes (m' <= SMALL_M) before
+    larger ones; the slots left over are padding with weight 0; every (atom, key) pair appears
+    once; L is the most lanes that pad by at most LANE_PADDING."""
+    lanes_used = set()
+    for grid, n_clusters, n_regions in (((14, 14), 4, 2), ((5, 6), 3, 4)):
+        m = voronoi(grid=grid, n_clusters=n_clusters, n_regions=n_regions, seed=5)
+        reduction = signature_reduction(m)
+        S, F = reduction.n_classes, reduction.n_features
+        rng = np.random.default_rng(1)
+        A, B = rng.standard_normal((S, F)), rng.standard_normal((S, S))
+        for s in range(S):
+            for k in range(reduction.n_clusters):
+                keys, _, _, _ = kernels.query_keys(reduction, A, B, np.zeros(S), np.int64(s), np.int64(k))
+                lanes = keys.pair_class.shape[0]
+                lanes_used.add(lanes)
+                assert keys.pair_class.shape == (lanes, keys.seg_col[-1]) and lanes in kernels.LANES
+                pad = keys.pair_class < 0
+                assert np.all(keys.alpha[pad] == 0) and np.all(keys.beta[pad] == 0)
+                assert np.all(np.isneginf(keys.log_alpha[pad])) and np.all(keys.pair_m[pad] == 1)
+                assert pad.sum() <= kernels.LANE_PADDING * (~pad).sum() + 1e-9
+                seen = []
+                for q in range(keys.seg_multi.size):
+                    for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
+                        small = c < keys.seg_multi[q]
+                        for lane in range(lanes):
+                            r = keys.pair_class[lane, c]
+                            if r >= 0:
+                                mq = keys.pair_m[lane, c]
+                                assert mq == reduction.other_keys[s, r] and (mq <= kernels.SMALL_M) == small
+                                seen.append((q, r))
+                assert len(seen) == len(set(seen))
+                assert math.isclose(keys.pair_m[~pad].sum(), sum(
+                    reduction.other_keys[s, r] * reduction.n_atoms[reduction.key_feature[k, r]] for r in range(S)))
+    assert 4 in lanes_used and min(lanes_used) < 4, lanes_used
 
 
 def test_numba_cache_is_dropped_when_a_compiled_in_source_changes(tmp_path):

@@ -167,3 +167,28 @@ def test_the_fast_quadrature_stays_within_its_stated_accuracy(seed):
     pairs_fine = count_pair_evaluations(reduction, fine.A_classes, fine.B_classes, fine.B_self)[0]
     pairs_fast = count_pair_evaluations(fast.reduction, fine.A_classes, fine.B_classes, fine.B_self)[0]
     assert pairs_fast < 0.8 * pairs_fine
+
+
+def test_classes_of_every_size_equal_brute_force_and_the_per_position_kernel():
+    """Key classes of m' = 1 .. 5 (the kernel multiplies psi^m' of classes up to SMALL_M = 4 into
+    its columns' products and takes one log per key of larger classes): the class-reduced loss
+    against brute force, and its gradient against the per-position kernel (every m' = 1)."""
+    from gradflow.theory import kernels
+    from gradflow.theory.population import loss_and_gradient
+    from gradflow.theory.reduction import signature_reduction
+    from gradflow.theory.state import State
+    sizes = [1, 2, 3, 5]
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    P = labels.size
+    m = DataModel(n_patches=P, mask_ratio=0.4, clusters=[
+        Cluster(labels, prob=0.7, amplitudes={3: Amplitude([0.5, 1.5])}), Cluster(np.zeros(P, int), prob=0.3)])
+    reduction = signature_reduction(m)
+    assert set(np.unique(reduction.other_keys)) == {0, 1, 2, 3, 4, 5} and kernels.SMALL_M == 4
+    rng = np.random.default_rng(3)
+    S, F = reduction.n_classes, reduction.n_features
+    state = State(reduction, rng.normal(size=(S, F)), rng.normal(size=(S, S)), rng.normal(size=S))
+    value, grad = loss_and_gradient(state)
+    assert value == pytest.approx(brute_force_loss(m, state.A, state.B), rel=1e-12)
+    gA, gB = population_grad(m, state.A, state.B)
+    assert np.allclose(gA, grad.A, rtol=0, atol=1e-13 * np.abs(gA).max())
+    assert np.allclose(gB, grad.B, rtol=0, atol=1e-13 * np.abs(gB).max())

@@ -20,7 +20,6 @@ from ..model import Amplitude, Cluster, DataModel
 from ..model.presets import global_local, voronoi
 from ..theory import kernels, numba_cache
 from ..theory.parallel import threads_for
-from ..theory._generated import exact_key_derivatives, exact_key_moments
 from ..theory.per_position import population_grad
 from ..theory.state import State
 from ..training.sgd import train_transformer
@@ -50,10 +49,11 @@ def _two_cluster(P: int) -> DataModel:
 
 
 # floating-point operations per (atom, key) pair and node in one exact gradient: the pair pass
-# (weights, the exponential's range reduction and degree-13 polynomial, psi, 1/psi, u, w: ~41),
-# the segment sums (three moments, five sums: ~11) and the derivative pass (six SymPy
-# derivatives, the two combinations, two sums: ~27); a division counts as one
-FLOPS_PER_PAIR = 79
+# (weights, the exponential's range reduction and degree-13 polynomial, psi, 1/psi, u, w, the
+# three moments, psi^m', five column sums: ~63), the column's log of psi shared by its pairs
+# (~8 per pair with 4 lanes) and the derivative pass (six SymPy derivatives, the two
+# combinations, two sums: ~27); a division counts as one
+FLOPS_PER_PAIR = 98
 
 
 @njit(cache=True, error_model="numpy")
@@ -66,9 +66,10 @@ def count_pair_evaluations(reduction, A, B, B_self):
         for s in range(reduction.other_keys.shape[0]):
             keys, terms, work, log_c, rule, offset, x0, n = kernels.query_setup(reduction, A, B, B_self, s, k)
             n_pad = 0
-            for p in range(keys.pair_class.size):
-                if keys.pair_class[p] < 0:
-                    n_pad += 1
+            for lane in range(keys.pair_class.shape[0]):
+                for c in range(keys.pair_class.shape[1]):
+                    if keys.pair_class[lane, c] < 0:
+                        n_pad += 1
             for i in range(n):
                 sigma, h = kernels.node(rule, offset, x0, reduction.grid_step, i)
                 sum_log_phi = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, work)
@@ -79,19 +80,32 @@ def count_pair_evaluations(reduction, A, B, B_self):
     return total, padding
 
 
-@njit(cache=True, error_model="numpy", fastmath=kernels.VECTOR_FLAGS)
+@njit(cache=True, error_model="numpy")
 def _pair_arithmetic(alpha, beta, reps):
-    """The kernel's per-pair arithmetic (pair pass, moments, derivatives) over a small array that
-    stays in the first-level cache, ``reps`` times: the ceiling of that arithmetic on one core."""
-    acc = 0.0
+    """The kernel's own per-pair passes (pair pass, column logs, derivative pass) over one
+    query's worth of pairs small enough to stay in the first-level cache (``alpha``, ``beta``:
+    (4 lanes, n_cols)), ``reps`` times: the ceiling of that arithmetic on one core, without the
+    per-node, per-area and per-query work around it."""
+    lanes, n_cols = alpha.shape
+    pair_m = np.ones((lanes, n_cols))
+    stored = np.zeros((lanes, kernels.N_STORED, n_cols))
+    columns = np.zeros((kernels.N_COLUMN, n_cols))
+    coef = np.ones((3, n_cols))
+    acc = np.zeros((lanes, 2, n_cols))
     for r in range(reps):
         t = 0.5 + 1e-9 * r
-        for p in range(alpha.size):
-            ta, tb, psi, u, w = kernels.exact_pair_linear(t, alpha[p], beta[p], 0.5, 0.5)
-            mean, var, masked = exact_key_moments(ta, tb, u, w, 0.5)
-            d = exact_key_derivatives(ta, tb, u, w, 0.5)
-            acc += min(ta, tb) + psi + mean + var + masked + d[0] + d[1] + d[2] + d[3] + d[4] + d[5]
-    return acc
+        for c in range(n_cols):
+            columns[kernels.COL_SHIFT, c] = 0.0
+            columns[kernels.COL_LOG_PSI, c] = 1.0
+            columns[kernels.COL_M, c] = 0.0
+            columns[kernels.COL_V, c] = 0.0
+            columns[kernels.COL_Q, c] = 0.0
+        for lane in range(lanes):
+            kernels.exact_lane_linear(t, 0.5, alpha, beta, pair_m, lane, stored, columns)
+        kernels.column_logs(columns)
+        for lane in range(lanes):
+            kernels.lane_gradients(kernels.EXACT_RUNTIME, 0.5, lane, stored, coef, acc)
+    return acc.sum() + columns.sum()
 
 
 def bench_gradient_vs_references(row, quick, rng):
@@ -164,8 +178,8 @@ def bench_throughput(row, quick):
     threads = threads_for(reduction)
     rate = (total - padding) / t
     rng = np.random.default_rng(0)
-    beta = np.exp(0.3 * rng.standard_normal(512))
-    alpha = beta * np.exp(np.where(np.arange(512) % 2 == 0, -2.0, 3.0))
+    beta = np.exp(0.3 * rng.standard_normal((4, 128)))
+    alpha = beta * np.exp(np.where(np.arange(128) % 2 == 0, -2.0, 3.0))
     reps = 2000 if quick else 20000
     t_peak = best_time(lambda: _pair_arithmetic(alpha, beta, reps), repeat=3)
     peak = alpha.size * reps / t_peak

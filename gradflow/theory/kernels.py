@@ -43,7 +43,7 @@ from ._generated import (
 )
 from . import numba_cache
 from .quadrature import G_STOP, T_CAP, grid, node
-from .vector_math import exp_nonpositive
+from .vector_math import exp_nonpositive, log_normal_positive
 
 EXACT = 0
 MEANFIELD = 1
@@ -55,26 +55,32 @@ EXACT_RUNTIME = np.int64(EXACT)
 
 
 class QueryKeys(NamedTuple):
-    """The (atom, key) pairs one masked query sees, flat and padded (built once per query).
+    """The (atom, key) pairs one masked query sees, in a lane layout (built once per query).
 
-    A *segment* is one (area j, atom a) of the query's cluster; its pairs are the keys of area j
-    with atom a's weights: first the keys seen once (m' = 1), padded with neutral pairs to a
-    multiple of ``LANES`` (weights 0: they add exactly nothing to any sum, and loops over whole
-    blocks vectorise without remainder), then the keys of larger classes (m' > 1). Segments of
-    area j are ``area_seg[j]`` .. ``area_seg[j + 1] - 1``, one per atom in order. Only key classes
-    with m' > 0 appear. Linear weights are 0 where e^{log weight} is not safely finite, which sends
-    ``_scaled`` to its log-space branch; ``linear`` says that no weight needs it.
+    The pairs sit in a grid of L lanes by ``n_cols`` columns (every per-pair array is
+    (L, n_cols); L is 4, 2 or 1, the most that pads the pairs by at most ``LANE_PADDING``: a
+    model of a few large classes gets one lane and no padding). A *segment* is one (area j, atom a) of the query's cluster; its pairs are the keys of
+    area j with atom a's weights and fill whole columns: columns ``seg_col[q]`` ..
+    ``seg_multi[q] - 1`` hold the keys of small classes (m' = 1 .. SMALL_M, whose psi^m' the
+    column multiplies), columns ``seg_multi[q]`` .. ``seg_col[q + 1] - 1`` the keys of larger
+    classes (one log each); the slots left over are neutral
+    padding pairs (weights 0: they add exactly nothing to any sum). Every pass over the pairs is
+    then a long loop over the columns of one lane (a contiguous row), which LLVM vectorises, and a segment's sums are
+    sums of a few per-column sums: no short loop over a segment's keys, which would not vectorise.
+    Segments of area j are ``area_seg[j]`` .. ``area_seg[j + 1] - 1``, one per atom in order. Only
+    key classes with m' > 0 appear. Linear weights are 0 where e^{log weight} is not safely
+    finite, which sends ``_scaled`` to its log-space branch; ``linear`` says that no weight needs it.
     """
 
-    pair_class: np.ndarray   # (NP,) int64: the class r of the pair's key; -1 for padding
-    pair_m: np.ndarray       # (NP,) m'_r (1 for padding)
-    pair_z: np.ndarray       # (NP,) amplitude z_a of the pair's atom
-    log_alpha: np.ndarray    # (NP,) unmasked log weight B[s, r] + z_a A[s, f(r)] (-inf for padding)
-    alpha: np.ndarray        # (NP,)
-    log_beta: np.ndarray     # (NP,) masked log weight B[s, r] (-inf for padding)
-    beta: np.ndarray         # (NP,)
-    seg_start: np.ndarray    # (NS + 1,) int64: pairs of segment q are seg_start[q] .. seg_start[q + 1] - 1
-    seg_multi: np.ndarray    # (NS,) int64: of those, seg_multi[q] .. are the keys with m' > 1
+    pair_class: np.ndarray   # (L, n_cols) int64: the class r of the pair's key; -1 for padding
+    pair_m: np.ndarray       # (L, n_cols) m'_r (1 for padding)
+    pair_z: np.ndarray       # (L, n_cols) amplitude z_a of the pair's atom
+    log_alpha: np.ndarray    # (L, n_cols) unmasked log weight B[s, r] + z_a A[s, f(r)] (-inf for padding)
+    alpha: np.ndarray        # (L, n_cols)
+    log_beta: np.ndarray     # (L, n_cols) masked log weight B[s, r] (-inf for padding)
+    beta: np.ndarray         # (L, n_cols)
+    seg_col: np.ndarray      # (NS + 1,) int64: the columns of segment q are seg_col[q] .. seg_col[q + 1] - 1
+    seg_multi: np.ndarray    # (NS,) int64: of those, seg_multi[q] .. hold the keys with m' > 1
     area_seg: np.ndarray     # (N + 1,) int64
     linear: bool             # every weight safely finite in linear form
 
@@ -85,18 +91,25 @@ class AreaTerms(NamedTuple):
     log_phi: np.ndarray      # (N,) log Phi_j
     e1: np.ndarray           # (N,) E_post[z t mu_j]
     e2: np.ndarray           # (N,) E_post[(t mu_j)^2 + t^2 var_j]
-    log_post: np.ndarray     # (N, Amax) log posterior weight of every atom
+    log_post: np.ndarray     # (N, Amax) log prod_r phi_r^{m'_r} of every atom, with its log weight
+    post: np.ndarray         # (N, Amax) posterior probability of every atom
     t_mu: np.ndarray         # (N, Amax) t mu_j given the atom
     t2_var: np.ndarray       # (N, Amax) t^2 var_j given the atom
     t_masked: np.ndarray     # (N, Amax) t times the tilted masked weight of the area, given the atom
 
 
 # ---- scalar helpers ---------------------------------------------------------------------------
-# what the kernels keep per pair at a node (rows of ``stored``), for the sums and the gradient
-# and attention passes
-TA, TB, U, W, PSI, SHIFT = 0, 1, 2, 3, 4, 5
-N_STORED = 6
-LANES = 4           # pairs per vector block
+# what the kernels keep per pair at a node (rows of ``stored``), for the gradient and attention
+# passes
+TA, TB, U, W = 0, 1, 2, 3
+N_STORED = 4
+# what they keep per column at a node (rows of ``columns``): the column's sums of m' shift,
+# m' M, m' V, m' Qm and the log of its product of psi
+COL_SHIFT, COL_LOG_PSI, COL_M, COL_V, COL_Q = 0, 1, 2, 3, 4
+N_COLUMN = 5
+LANES = (4, 2, 1)   # pairs per column, tried in order: a segment's sums are over ~1/L as many columns as keys
+LANE_PADDING = 0.15  # ... unless the padding of whole columns adds more than this share of pairs
+SMALL_M = 4         # keys of classes of up to this many (m') go into the columns' products as psi^m'
 # LLVM may reorder the sums of the pair loops (and fuse multiply-adds) so as to vectorise them
 VECTOR_FLAGS = {"reassoc", "contract"}
 
@@ -166,6 +179,26 @@ def _scaled(t, sigma, log_w, lin):
 
 
 # ---- one query: its pairs, grid, per-area sums --------------------------------------------------
+@njit(cache=True, error_model="numpy", inline="always")
+def _columns(n_keys, lanes):
+    """Columns of ``lanes`` lanes that hold ``n_keys`` pairs."""
+    return (n_keys + lanes - 1) // lanes
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _small(m):
+    """Whether a key class of m' keys goes into the columns' products (``psi_power``)."""
+    return 0.0 < m <= SMALL_M and m == math.floor(m)
+
+
+@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS, inline="always")
+def psi_power(psi, m):
+    """psi^m for m' = 1 .. SMALL_M, branch-free (larger classes never use it: their column's
+    product is not read)."""
+    p2 = psi * psi
+    return psi if m == 1.0 else (p2 if m == 2.0 else (p2 * psi if m == 3.0 else p2 * p2))
+
+
 @njit(cache=True, error_model="numpy")
 def query_keys(reduction, A, B, B_self, s, k):
     """The (atom, key) pairs of query class s in cluster k (``QueryKeys``) and the bounds of D.
@@ -175,29 +208,37 @@ def query_keys(reduction, A, B, B_self, s, k):
     """
     first, stop = reduction.feature_start[k], reduction.feature_stop[k]
     n_areas = stop - first
-    # sizes: per area the keys seen once (padded) and the others, times the area's atoms
-    n_pairs = 0
+    # sizes: per area the columns of the keys of small classes and of the others, times the area's
+    # atoms, for every number of lanes; the most lanes that pad little
+    cols = np.zeros(len(LANES), np.int64)
     n_segments = 0
     for f in range(first, stop):
         ones = 0
         multi = 0
         for ii in range(reduction.area_start[f], reduction.area_stop[f]):
             m = reduction.other_keys[s, reduction.keys_by_area[k, ii]]
-            if m == 1.0:
+            if _small(m):
                 ones += 1
             elif m > 0.0:
                 multi += 1
-        n_pairs += reduction.n_atoms[f] * ((ones + LANES - 1) // LANES * LANES + multi)
+        for i in range(len(LANES)):
+            cols[i] += reduction.n_atoms[f] * (_columns(ones, LANES[i]) + _columns(multi, LANES[i]))
         n_segments += reduction.n_atoms[f]
+    pick = len(LANES) - 1                                      # one lane: no padding
+    for i in range(len(LANES) - 1, -1, -1):
+        if cols[i] * LANES[i] <= (1.0 + LANE_PADDING) * cols[len(LANES) - 1]:
+            pick = i
+    n_lanes, n_cols = LANES[pick], cols[pick]
+    shape = (n_lanes, n_cols)
     # padding pairs: no class, m' = 1, weights 0 (ta = tb = 0: psi = 1 and every moment 0)
-    pair_class = np.full(n_pairs, -1, np.int64)
-    pair_m = np.ones(n_pairs)
-    pair_z = np.ones(n_pairs)
-    log_alpha = np.full(n_pairs, -np.inf)
-    alpha = np.zeros(n_pairs)
-    log_beta = np.full(n_pairs, -np.inf)
-    beta = np.zeros(n_pairs)
-    seg_start = np.empty(n_segments + 1, np.int64)
+    pair_class = np.full(shape, -1, np.int64)
+    pair_m = np.ones(shape)
+    pair_z = np.ones(shape)
+    log_alpha = np.full(shape, -np.inf)
+    alpha = np.zeros(shape)
+    log_beta = np.full(shape, -np.inf)
+    beta = np.zeros(shape)
+    seg_col = np.empty(n_segments + 1, np.int64)
     seg_multi = np.empty(n_segments, np.int64)
     area_seg = np.empty(n_areas + 1, np.int64)
     log_c = B_self[s]
@@ -207,34 +248,36 @@ def query_keys(reduction, A, B, B_self, s, k):
     d_max = 0.0
     linear = -600.0 < log_c < 600.0
     all_linear = True
-    p = 0
+    col = 0
     q = 0
     for f in range(first, stop):
         area_seg[f - first] = q
         for a in range(reduction.n_atoms[f]):
             z = reduction.atom_z[f, a]
-            seg_start[q] = p
+            seg_col[q] = col
             for once in (True, False):
                 if not once:
-                    p = seg_start[q] + (p - seg_start[q] + LANES - 1) // LANES * LANES   # padding
-                    seg_multi[q] = p
+                    seg_multi[q] = col
+                slot = 0                # the slot-th key goes to lane slot % L of column col + slot // L
                 for ii in range(reduction.area_start[f], reduction.area_stop[f]):
                     r = reduction.keys_by_area[k, ii]
                     m = reduction.other_keys[s, r]
-                    if m <= 0.0 or (m == 1.0) != once:
+                    if m <= 0.0 or _small(m) != once:
                         continue
+                    lane, c = slot % n_lanes, col + slot // n_lanes
+                    slot += 1
                     lb = B[s, r]
                     la = lb + z * A[s, f]
-                    pair_class[p] = r
-                    pair_m[p] = m
-                    pair_z[p] = z
-                    log_beta[p] = lb
-                    beta[p] = _linear(lb)
-                    log_alpha[p] = la
-                    alpha[p] = _linear(la)
-                    if beta[p] == 0.0 or alpha[p] == 0.0:
+                    pair_class[lane, c] = r
+                    pair_m[lane, c] = m
+                    pair_z[lane, c] = z
+                    log_beta[lane, c] = lb
+                    beta[lane, c] = _linear(lb)
+                    log_alpha[lane, c] = la
+                    alpha[lane, c] = _linear(la)
+                    if beta[lane, c] == 0.0 or alpha[lane, c] == 0.0:
                         all_linear = False
-                    p += 1
+                col += _columns(slot, n_lanes)
             q += 1
         # D bounds from the keys of the area (each key's smallest and largest weight over atoms)
         for ii in range(reduction.area_start[f], reduction.area_stop[f]):
@@ -260,9 +303,9 @@ def query_keys(reduction, A, B, B_self, s, k):
                 lm = math.log(m)
                 lo = logaddexp(lo, lm + amin)
                 hi = logaddexp(hi, lm + amax_r)
-    seg_start[n_segments] = p
+    seg_col[n_segments] = col
     area_seg[n_areas] = q
-    keys = QueryKeys(pair_class, pair_m, pair_z, log_alpha, alpha, log_beta, beta, seg_start, seg_multi, area_seg,
+    keys = QueryKeys(pair_class, pair_m, pair_z, log_alpha, alpha, log_beta, beta, seg_col, seg_multi, area_seg,
                      all_linear)
     if linear:
         c = math.exp(log_c)
@@ -273,7 +316,8 @@ def query_keys(reduction, A, B, B_self, s, k):
 @njit(cache=True, error_model="numpy", inline="always")
 def new_area_terms(n_areas, amax):
     return AreaTerms(np.empty(n_areas), np.empty(n_areas), np.empty(n_areas), np.empty((n_areas, amax)),
-                     np.empty((n_areas, amax)), np.empty((n_areas, amax)), np.empty((n_areas, amax)))
+                     np.empty((n_areas, amax)), np.empty((n_areas, amax)), np.empty((n_areas, amax)),
+                     np.empty((n_areas, amax)))
 
 
 @njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS, inline="always")
@@ -292,100 +336,113 @@ def exact_pair_linear(t, alpha, beta, gamma, one_minus_gamma):
     return ta, tb, psi, part_a * inv, part_b * inv
 
 
-@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
-def exact_pairs_linear(t, gamma, alpha, beta, stored):
-    """Every pair's (ta, tb, u, w, psi, shift) at t into ``stored``: exact method, every weight
-    safely finite. One long loop that LLVM vectorises."""
-    one_minus_gamma = 1.0 - gamma
-    ta_row, tb_row, u_row, w_row, psi_row, shift_row = (stored[TA], stored[TB], stored[U], stored[W],
-                                                        stored[PSI], stored[SHIFT])
-    for p in range(alpha.size):
-        ta, tb, psi, u, w = exact_pair_linear(t, alpha[p], beta[p], gamma, one_minus_gamma)
-        ta_row[p] = ta
-        tb_row[p] = tb
-        u_row[p] = u
-        w_row[p] = w
-        psi_row[p] = psi
-        shift_row[p] = min(ta, tb)
-
-
-@njit(cache=True, error_model="numpy")
-def pairs_general(method, t, sigma, gamma, keys, stored):
-    """As ``exact_pairs_linear`` for any method and any weights (logs where need be)."""
-    one_minus_gamma = 1.0 - gamma
-    for p in range(keys.alpha.size):
-        ta = _scaled(t, sigma, keys.log_alpha[p], keys.alpha[p])
-        tb = _scaled(t, sigma, keys.log_beta[p], keys.beta[p])
-        shift, psi, u, w = key_primitives(method, ta, tb, gamma, one_minus_gamma)
-        stored[TA, p] = ta
-        stored[TB, p] = tb
-        stored[U, p] = u
-        stored[W, p] = w
-        stored[PSI, p] = psi
-        stored[SHIFT, p] = shift
-
-
 @njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS, inline="always")
-def _block_sums(method, gamma, stored, s0, n_blocks):
-    """(sum shift, prod psi, sum M, sum V, sum Qm) over ``n_blocks`` whole blocks of pairs from
-    s0 (keys seen once, m' = 1)."""
-    ta_row, tb_row, u_row, w_row, psi_row, shift_row = (stored[TA], stored[TB], stored[U], stored[W],
-                                                        stored[PSI], stored[SHIFT])
-    shift = 0.0
-    product = 1.0
-    mu = 0.0
-    var = 0.0
-    hidden = 0.0
-    for p in range(s0, s0 + LANES * n_blocks):
-        mean, variance, masked = key_moments(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
-        shift += shift_row[p]
-        product *= psi_row[p]
-        mu += mean
-        var += variance
-        hidden += masked
-    return shift, product, mu, var, hidden
+def _keep_pair(method, gamma, m, ta, tb, shift, psi, u, w, lane, c, stored, columns):
+    """Store one pair's (ta, tb, u, w) and add its share to its column: m' shift, psi^m', m' M,
+    m' V, m' Qm."""
+    stored[lane, TA, c] = ta
+    stored[lane, TB, c] = tb
+    stored[lane, U, c] = u
+    stored[lane, W, c] = w
+    mean, variance, masked = key_moments(method, ta, tb, u, w, gamma)
+    columns[COL_SHIFT, c] += m * shift
+    columns[COL_LOG_PSI, c] *= psi_power(psi, m)
+    columns[COL_M, c] += m * mean
+    columns[COL_V, c] += m * variance
+    columns[COL_Q, c] += m * masked
 
 
-@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
-def segment_sums(method, gamma, keys, stored, chunk, sums):
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
+def exact_lane_linear(t, gamma, alpha, beta, pair_m, lane, stored, columns):
+    """The pairs of one lane at t, exact method, every weight safely finite: (ta, tb, u, w) into
+    ``stored[lane]``, their moments added to the column sums and psi multiplied into the column's
+    product (whose log ``column_logs`` takes). One long loop over the columns that LLVM
+    vectorises (arrays indexed by lane and column: a row offset in a flat index, lane * n_cols +
+    c, kept it from vectorising)."""
+    one_minus_gamma = 1.0 - gamma
+    for c in range(columns.shape[1]):
+        ta, tb, psi, u, w = exact_pair_linear(t, alpha[lane, c], beta[lane, c], gamma, one_minus_gamma)
+        _keep_pair(EXACT_RUNTIME, gamma, pair_m[lane, c], ta, tb, min(ta, tb), psi, u, w, lane, c, stored, columns)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def lane_general(method, t, sigma, gamma, keys, lane, stored, columns):
+    """As ``exact_lane_linear`` for any method and any weights (logs where need be)."""
+    one_minus_gamma = 1.0 - gamma
+    for c in range(columns.shape[1]):
+        ta = _scaled(t, sigma, keys.log_alpha[lane, c], keys.alpha[lane, c])
+        tb = _scaled(t, sigma, keys.log_beta[lane, c], keys.beta[lane, c])
+        shift, psi, u, w = key_primitives(method, ta, tb, gamma, one_minus_gamma)
+        _keep_pair(method, gamma, keys.pair_m[lane, c], ta, tb, shift, psi, u, w, lane, c, stored, columns)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def pair_pass(method, t, sigma, gamma, keys, stored, columns, logs):
+    """Every pair at t into ``stored`` (L, N_STORED, n_cols) and its column's sums into
+    ``columns`` (lane by lane; the vectorised form when the method is exact and every weight
+    safely finite); with ``logs`` (``column_logs_safe``), the log of each column's product of psi."""
+    n_cols = columns.shape[1]
+    for c in range(n_cols):
+        columns[COL_SHIFT, c] = 0.0
+        columns[COL_LOG_PSI, c] = 1.0
+        columns[COL_M, c] = 0.0
+        columns[COL_V, c] = 0.0
+        columns[COL_Q, c] = 0.0
+    fast = keys.linear and method == EXACT
+    for lane in range(stored.shape[0]):
+        if fast:
+            exact_lane_linear(t, gamma, keys.alpha, keys.beta, keys.pair_m, lane, stored, columns)
+        else:
+            lane_general(method, t, sigma, gamma, keys, lane, stored, columns)
+    if logs:
+        column_logs(columns)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
+def column_logs(columns):
+    """The columns' products of psi replaced by their logs, in one vectorised loop (one log per
+    column, not one per key)."""
+    for c in range(columns.shape[1]):
+        columns[COL_LOG_PSI, c] = log_normal_positive(columns[COL_LOG_PSI, c])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def column_logs_safe(gamma, lanes):
+    """Whether a column's product of ``lanes`` factors psi^m' >= min(gamma, 1 - gamma)^SMALL_M
+    stays a normal number (with 4 lanes: min(gamma, 1 - gamma) > 1e-19), so that its log may be
+    taken."""
+    return lanes * SMALL_M * math.log(min(gamma, 1.0 - gamma)) > -690.0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _log_psi(method, stored, lane, c, gamma):
+    """log psi of one pair again from its (ta, tb)."""
+    return math.log(key_primitives(method, stored[lane, TA, c], stored[lane, TB, c], gamma, 1.0 - gamma)[1])
+
+
+@njit(cache=True, error_model="numpy", _nrt=False)
+def segment_sums(method, gamma, keys, stored, columns, logs, sums):
     """Per segment q: sums[:, q] = (sum m' shift, sum m' log psi, sum m' M, sum m' V, sum m' Qm).
 
-    The psi of keys seen once are multiplied, ``chunk`` pairs at a time at most (psi >=
-    min(gamma, 1 - gamma): too few to underflow), with one log per chunk, not one per key."""
-    blocks_per_log = chunk // LANES
+    Sums of the segment's column sums; log psi from the columns' logs of keys of small classes
+    (when ``logs``, else one log per key) and one log per key of a larger class (few)."""
     for q in range(keys.seg_multi.size):
-        s0 = keys.seg_start[q]
-        s1 = keys.seg_multi[q]
-        n_blocks = (s1 - s0) // LANES
+        c0, c_multi, c1 = keys.seg_col[q], keys.seg_multi[q], keys.seg_col[q + 1]
         shift = 0.0
-        log_psi = 0.0
         mu = 0.0
         var = 0.0
         hidden = 0.0
-        if blocks_per_log == 0:          # min(gamma, 1 - gamma) < 1e-35: a log per pair
-            sh, _, mu, var, hidden = _block_sums(method, gamma, stored, s0, n_blocks)
-            shift += sh
-            for p in range(s0, s1):
-                log_psi += math.log(stored[PSI, p])
-        else:
-            for c0 in range(0, n_blocks, blocks_per_log):
-                sh, product, m1, v1, h1 = _block_sums(method, gamma, stored, s0 + LANES * c0,
-                                                      min(blocks_per_log, n_blocks - c0))
-                shift += sh
-                log_psi += math.log(product)
-                mu += m1
-                var += v1
-                hidden += h1
-        for p in range(s1, keys.seg_start[q + 1]):         # keys of larger classes: few, one log each
-            m = keys.pair_m[p]
-            mean, variance, masked = key_moments(method, stored[TA, p], stored[TB, p], stored[U, p], stored[W, p],
-                                                 gamma)
-            shift += m * stored[SHIFT, p]
-            if stored[PSI, p] != 1.0:
-                log_psi += m * math.log(stored[PSI, p])
-            mu += m * mean
-            var += m * variance
-            hidden += m * masked
+        log_psi = 0.0
+        for c in range(c0, c1):
+            shift += columns[COL_SHIFT, c]
+            mu += columns[COL_M, c]
+            var += columns[COL_V, c]
+            hidden += columns[COL_Q, c]
+            log_psi += columns[COL_LOG_PSI, c] if logs and c < c_multi else 0.0
+        for c in range(c0 if not logs else c_multi, c1):   # small classes without column logs; larger classes
+            for lane in range(stored.shape[0]):
+                if keys.pair_class[lane, c] >= 0:
+                    log_psi += keys.pair_m[lane, c] * _log_psi(method, stored, lane, c, gamma)
         sums[0, q] = shift
         sums[1, q] = log_psi
         sums[2, q] = mu
@@ -397,19 +454,14 @@ def segment_sums(method, gamma, keys, stored, chunk, sums):
 def area_terms(method, reduction, k, sigma, keys, terms, work):
     """Fill ``terms`` at t = e^sigma for every area of cluster k; returns sum_j log Phi_j.
 
-    Per pair (ta, tb, u, w, psi, shift) go to ``work.stored`` (one vectorised pass when the method
-    is exact and every weight safely finite), per segment their sums to ``work.sums``; per area
-    and atom, log prod_r phi_r^{m'_r} = sum_r m'_r (log psi_r - shift_r); the atoms' posterior
-    comes from one log-sum-exp per area.
+    Per pair (ta, tb, u, w) go to ``work.stored`` and the column sums to ``work.columns``,
+    per segment their sums to ``work.sums``; per area and atom, log prod_r phi_r^{m'_r} =
+    sum_r m'_r (log psi_r - shift_r); the atoms' posterior comes from one log-sum-exp per area.
     """
     gamma = reduction.mask_ratio
-    t = math.exp(sigma)
-    if keys.linear and method == EXACT:
-        exact_pairs_linear(t, gamma, keys.alpha, keys.beta, work.stored)
-    else:
-        pairs_general(method, t, sigma, gamma, keys, work.stored)
+    pair_pass(method, math.exp(sigma), sigma, gamma, keys, work.stored, work.columns, work.logs)
     sums = work.sums
-    segment_sums(method, gamma, keys, work.stored, work.chunk, sums)
+    segment_sums(method, gamma, keys, work.stored, work.columns, work.logs, sums)
     first = reduction.feature_start[k]
     total = 0.0
     for j in range(keys.area_seg.size - 1):
@@ -428,11 +480,12 @@ def area_terms(method, reduction, k, sigma, keys, terms, work):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def atom_posterior(reduction, f, j, nat, terms):
-    """Area j's log Phi_j = log sum_a w_a prod_r phi_r^{m'_r} (given in ``terms.log_post[j]``,
-    which becomes the atoms' log posterior), and E1_j, E2_j under that posterior; returns log Phi_j."""
+    """Area j's log Phi_j = log sum_a w_a prod_r phi_r^{m'_r} (given in ``terms.log_post[j]``),
+    the atoms' posterior probabilities (``terms.post[j]``), and E1_j, E2_j under that posterior;
+    returns log Phi_j."""
     if nat == 1:   # point mass: the posterior is the atom itself, no exp/log needed
         lphi = terms.log_post[j, 0]
-        terms.log_post[j, 0] = 0.0
+        terms.post[j, 0] = 1.0
         terms.log_phi[j] = lphi
         terms.e1[j] = reduction.atom_z[f, 0] * terms.t_mu[j, 0]
         terms.e2[j] = terms.t_mu[j, 0] * terms.t_mu[j, 0] + terms.t2_var[j, 0]
@@ -445,13 +498,14 @@ def atom_posterior(reduction, f, j, nat, terms):
     acc2 = 0.0
     for a in range(nat):
         weight = math.exp(terms.log_post[j, a] - top)
+        terms.post[j, a] = weight
         norm += weight
         tm = terms.t_mu[j, a]
         acc1 += weight * reduction.atom_z[f, a] * tm
         acc2 += weight * (tm * tm + terms.t2_var[j, a])
     lphi = top + math.log(norm)
     for a in range(nat):
-        terms.log_post[j, a] -= lphi
+        terms.post[j, a] /= norm
     terms.log_phi[j] = lphi
     terms.e1[j] = acc1 / norm
     terms.e2[j] = acc2 / norm
@@ -461,18 +515,12 @@ def atom_posterior(reduction, f, j, nat, terms):
 class QueryWork(NamedTuple):
     """Scratch arrays of one query, reused at every node."""
 
-    stored: np.ndarray       # (N_STORED, NP) per pair at the current node
+    stored: np.ndarray       # (L, N_STORED, n_cols) per pair at the current node
+    columns: np.ndarray      # (N_COLUMN, n_cols) per column at the current node
     sums: np.ndarray         # (5, NS) per segment at the current node
-    coef: np.ndarray         # (3, NP) per pair: the gradient pass's (cl, cm, cv) times the atom's weight
-    acc: np.ndarray          # (2, NP) per pair, over all nodes: the gradient's (or attention's) sums
-    chunk: int               # psi multiplied at most this many at a time (``product_chunk``)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def product_chunk(gamma):
-    """Pairs whose psi (>= min(gamma, 1 - gamma)) can be multiplied before the product could
-    leave the normal range (1e-280)."""
-    return max(1, int(280.0 * math.log(10.0) / -math.log(min(gamma, 1.0 - gamma))))
+    coef: np.ndarray         # (3, n_cols) per column: the gradient pass's (cl, cm, cv) times the atom's weight
+    acc: np.ndarray          # (L, 2, n_cols) per pair, over all nodes: the gradient's (or attention's) sums
+    logs: bool               # log psi per column (``column_logs_safe``), else per key
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -485,9 +533,11 @@ def query_setup(reduction, A, B, B_self, s, k):
     keys, log_c, log_dmin, log_dmax = query_keys(reduction, A, B, B_self, s, k)
     amax = reduction.atom_z.shape[1]
     terms = new_area_terms(keys.area_seg.size - 1, amax)
-    n_pairs = keys.alpha.size
-    work = QueryWork(np.empty((N_STORED, n_pairs)), np.empty((5, keys.seg_multi.size)), np.zeros((3, n_pairs)),
-                     np.zeros((2, n_pairs)), product_chunk(reduction.mask_ratio))
+    n_cols = keys.seg_col[keys.seg_col.size - 1]
+    n_lanes = keys.pair_class.shape[0]
+    work = QueryWork(np.empty((n_lanes, N_STORED, n_cols)), np.empty((N_COLUMN, n_cols)),
+                     np.empty((5, keys.seg_multi.size)), np.zeros((3, n_cols)), np.zeros((n_lanes, 2, n_cols)),
+                     column_logs_safe(reduction.mask_ratio, n_lanes))
     rule, offset, x0, n = grid(log_dmin, log_dmax, reduction.grid_step)
     return keys, terms, work, log_c, rule, offset, x0, n
 
@@ -518,19 +568,18 @@ def query_loss(method, reduction, A, B, B_self, s, k):
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral
 
 
-@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
-def pair_gradients(method, gamma, stored, coef, acc):
-    """Add every pair's share of one node to the gradient sums: acc[0] += ga (moves log alpha,
-    i.e. A), acc[1] += ga + gb (moves B), with g = cl dL + cm dM + cv dV (SymPy's derivatives)."""
-    ta_row, tb_row, u_row, w_row = stored[TA], stored[TB], stored[U], stored[W]
-    cl_row, cm_row, cv_row = coef[0], coef[1], coef[2]
-    acc_a, acc_b = acc[0], acc[1]
-    for p in range(ta_row.size):
-        dl_a, dl_b, dm_a, dm_b, dv_a, dv_b = key_derivatives(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
-        cl, cm, cv = cl_row[p], cm_row[p], cv_row[p]
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
+def lane_gradients(method, gamma, lane, stored, coef, acc):
+    """Add the share of one node of every pair of a lane to the gradient sums: acc[lane, 0] += ga
+    (moves log alpha, i.e. A), acc[lane, 1] += ga + gb (moves B), with g = cl dL + cm dM + cv dV
+    (SymPy's derivatives) and (cl, cm, cv) those of the pair's column."""
+    for c in range(coef.shape[1]):
+        dl_a, dl_b, dm_a, dm_b, dv_a, dv_b = key_derivatives(method, stored[lane, TA, c], stored[lane, TB, c],
+                                                             stored[lane, U, c], stored[lane, W, c], gamma)
+        cl, cm, cv = coef[0, c], coef[1, c], coef[2, c]
         ga = cl * dl_a + cm * dm_a + cv * dv_a
-        acc_a[p] += ga
-        acc_b[p] += ga + cl * dl_b + cm * dm_b + cv * dv_b
+        acc[lane, 0, c] += ga
+        acc[lane, 1, c] += ga + cl * dl_b + cm * dm_b + cv * dv_b
 
 
 @njit(cache=True, error_model="numpy")
@@ -570,7 +619,7 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
             c1 = -1.0 if own else 0.0
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
-                wa = h * G * math.exp(terms.log_post[j, a])
+                wa = h * G * terms.post[j, a]
                 z = reduction.atom_z[first + j, a]
                 tm = terms.t_mu[j, a]
                 unmasked_by_area[j] += wa * tm / z           # attention, as in query_area_attention
@@ -578,32 +627,34 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
                 cl = wa * (c_phi + c1 * z * tm + 0.5 * (tm * tm + terms.t2_var[j, a]))
                 cm = wa * z * (c1 * z + tm)
                 cv = wa * 0.5 * z * z
-                for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
-                    coef[0, p] = cl
-                    coef[1, p] = cm
-                    coef[2, p] = cv
-        pair_gradients(method, gamma, work.stored, coef, work.acc)
+                for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
+                    coef[0, c] = cl
+                    coef[1, c] = cm
+                    coef[2, c] = cv
+        for lane in range(keys.pair_class.shape[0]):
+            lane_gradients(method, gamma, lane, work.stored, coef, work.acc)
     for j in range(keys.area_seg.size - 1):
         f = first + j
-        for p in range(keys.seg_start[keys.area_seg[j]], keys.seg_start[keys.area_seg[j + 1]]):
-            r = keys.pair_class[p]
-            if r >= 0:
-                m = keys.pair_m[p]
-                grad_A_row[f] += keys.pair_z[p] * m * work.acc[0, p]
-                grad_B_row[r] += m * work.acc[1, p]
+        for c in range(keys.seg_col[keys.area_seg[j]], keys.seg_col[keys.area_seg[j + 1]]):
+            for lane in range(keys.pair_class.shape[0]):
+                r = keys.pair_class[lane, c]
+                if r >= 0:
+                    m = keys.pair_m[lane, c]
+                    grad_A_row[f] += keys.pair_z[lane, c] * m * work.acc[lane, 0, c]
+                    grad_B_row[r] += m * work.acc[lane, 1, c]
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self, hidden
 
 
-@njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS)
-def pair_attention(method, gamma, stored, weight, acc):
-    """Add every pair's share of one node to the attention sums: acc[0] += weight M (unmasked),
-    acc[1] += weight Qm (masked), ``weight`` the node's h G times the atom's posterior."""
-    ta_row, tb_row, u_row, w_row = stored[TA], stored[TB], stored[U], stored[W]
-    unmasked, masked = acc[0], acc[1]
-    for p in range(ta_row.size):
-        mean, _, hidden = key_moments(method, ta_row[p], tb_row[p], u_row[p], w_row[p], gamma)
-        unmasked[p] += weight[p] * mean
-        masked[p] += weight[p] * hidden
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
+def lane_attention(method, gamma, lane, stored, weight, acc):
+    """Add the share of one node of every pair of a lane to the attention sums: acc[lane, 0] +=
+    weight M (unmasked), acc[lane, 1] += weight Qm (masked), ``weight[0]`` (per column) the
+    node's h G times the atom's posterior."""
+    for c in range(weight.shape[1]):
+        mean, _, hidden = key_moments(method, stored[lane, TA, c], stored[lane, TB, c], stored[lane, U, c],
+                                      stored[lane, W, c], gamma)
+        acc[lane, 0, c] += weight[0, c] * mean
+        acc[lane, 1, c] += weight[0, c] * hidden
 
 
 @njit(cache=True, error_model="numpy")
@@ -615,7 +666,7 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
     """
     keys, terms, work, log_c, rule, offset, x0, n = query_setup(reduction, A, B, B_self, s, k)
     gamma = reduction.mask_ratio
-    weight = work.coef[0]
+    weight = work.coef           # row 0: per column
     on_self = 0.0
     for i in range(n):
         sigma, h = node(rule, offset, x0, reduction.grid_step, i)
@@ -628,15 +679,17 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
         for j in range(keys.area_seg.size - 1):
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
-                wa = h * G * math.exp(terms.log_post[j, a])
-                for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
-                    weight[p] = wa
-        pair_attention(method, gamma, work.stored, weight, work.acc)
-    for p in range(keys.pair_class.size):
-        r = keys.pair_class[p]
-        if r >= 0:
-            unmasked_row[r] += keys.pair_m[p] * work.acc[0, p]
-            masked_row[r] += keys.pair_m[p] * work.acc[1, p]
+                wa = h * G * terms.post[j, a]
+                for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
+                    weight[0, c] = wa
+        for lane in range(keys.pair_class.shape[0]):
+            lane_attention(method, gamma, lane, work.stored, weight, work.acc)
+    for lane in range(keys.pair_class.shape[0]):
+        for c in range(weight.shape[1]):
+            r = keys.pair_class[lane, c]
+            if r >= 0:
+                unmasked_row[r] += keys.pair_m[lane, c] * work.acc[lane, 0, c]
+                masked_row[r] += keys.pair_m[lane, c] * work.acc[lane, 1, c]
     return on_self
 
 
@@ -663,7 +716,7 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
         for j in range(keys.area_seg.size - 1):
             f = first + j
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
-                wa = h * G * math.exp(terms.log_post[j, a])
+                wa = h * G * terms.post[j, a]
                 unmasked_by_area[j] += wa * terms.t_mu[j, a] / reduction.atom_z[f, a]
                 masked += wa * terms.t_masked[j, a]
     return masked, on_self
@@ -682,10 +735,11 @@ def meanfield_segment_sums(reduction, keys):
     C = np.zeros(n_seg)
     M = np.zeros(n_seg)
     for q in range(n_seg):
-        for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
-            m = keys.pair_m[p]
-            C[q] += m * (gamma * keys.beta[p] + (1.0 - gamma) * keys.alpha[p])
-            M[q] += (1.0 - gamma) * m * keys.alpha[p]
+        for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
+            for lane in range(keys.pair_class.shape[0]):
+                m = keys.pair_m[lane, c]
+                C[q] += m * (gamma * keys.beta[lane, c] + (1.0 - gamma) * keys.alpha[lane, c])
+                M[q] += (1.0 - gamma) * m * keys.alpha[lane, c]
     return C, M
 
 
@@ -745,7 +799,7 @@ def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
             c1 = -1.0 if own else 0.0
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
-                wa = h * G * math.exp(terms.log_post[j, a])
+                wa = h * G * terms.post[j, a]
                 z = reduction.atom_z[first + j, a]
                 tm = terms.t_mu[j, a]
                 cl = c_phi + c1 * z * tm + 0.5 * tm * tm
@@ -759,11 +813,12 @@ def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
                 grad_A_row[f] += reduction.atom_z[f, a] * M[q] * X[q]
-                for p in range(keys.seg_start[q], keys.seg_start[q + 1]):
-                    r = keys.pair_class[p]
-                    if r >= 0:
-                        grad_B_row[r] += keys.pair_m[p] * (
-                            (1.0 - gamma) * keys.alpha[p] * X[q] - gamma * keys.beta[p] * Y[q])
+                for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
+                    for lane in range(keys.pair_class.shape[0]):
+                        r = keys.pair_class[lane, c]
+                        if r >= 0:
+                            grad_B_row[r] += keys.pair_m[lane, c] * (
+                                (1.0 - gamma) * keys.alpha[lane, c] * X[q] - gamma * keys.beta[lane, c] * Y[q])
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral, d_self
 
 

@@ -52,3 +52,46 @@ def exp_nonpositive(x):
     p = p * r + 1.0
     scale = _double_from_bits((np.int64(k) + 1023) << 52)
     return 0.0 if x < EXP_FLOOR else p * scale
+
+
+@intrinsic
+def _bits_from_double(typingctx, x):
+    """The int64 whose bits are the IEEE-754 pattern of the float64 ``x``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+SQRT2 = 1.4142135623730951
+MANTISSA_BITS = (1 << 52) - 1
+ONE_BITS = 1023 << 52                   # the exponent bits of 1.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def log_normal_positive(x):
+    """log(x) for a normal positive float64 (x >= 2.3e-308), branch-free (vectorisable).
+
+    x = 2^k m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s) with s = (m - 1) / (m + 1),
+    |s| <= 0.172, summed to s^23 (truncation error < 1e-18): relative error <= 2e-16 against the
+    C library away from x = 1, absolute <= 1e-16 near it (tests/test_kernels.py).
+    """
+    bits = _bits_from_double(x)
+    k = (bits >> 52) - 1023
+    m = _double_from_bits((bits & MANTISSA_BITS) | ONE_BITS)        # in [1, 2)
+    high = m > SQRT2
+    m = m * 0.5 if high else m
+    kf = float(k) + (1.0 if high else 0.0)
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    p = 1.0 / 23.0
+    p = p * s2 + 1.0 / 21.0
+    p = p * s2 + 1.0 / 19.0
+    p = p * s2 + 1.0 / 17.0
+    p = p * s2 + 1.0 / 15.0
+    p = p * s2 + 1.0 / 13.0
+    p = p * s2 + 1.0 / 11.0
+    p = p * s2 + 1.0 / 9.0
+    p = p * s2 + 1.0 / 7.0
+    p = p * s2 + 1.0 / 5.0
+    p = p * s2 + 1.0 / 3.0
+    return kf * LN2_HI + (2.0 * s + 2.0 * s * s2 * p + kf * LN2_LO)
