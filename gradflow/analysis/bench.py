@@ -20,6 +20,7 @@ from ..model import Amplitude, Cluster, DataModel
 from ..model.presets import global_local, voronoi
 from ..theory import kernels, numba_cache
 from ..theory.parallel import threads_for
+from ..theory.quadrature import g_stop
 from ..theory.per_position import population_grad
 from ..theory.state import State
 from ..training.sgd import train_transformer
@@ -59,7 +60,7 @@ FLOPS_PER_PAIR = 98
 @njit(cache=True, error_model="numpy")
 def count_pair_evaluations(reduction, A, B, B_self):
     """(pair evaluations, of them padding) that one exact gradient performs: nodes actually
-    evaluated (the early stop at G < G_STOP included) times the query's (atom, key) pairs."""
+    evaluated (the early stop at G < g_stop included) times the query's (atom, key) pairs."""
     total = 0
     padding = 0
     for k in range(reduction.cluster_prob.size):
@@ -75,7 +76,7 @@ def count_pair_evaluations(reduction, A, B, B_self):
                 sum_log_phi = kernels.area_terms(kernels.EXACT, reduction, k, sigma, keys, terms, work)
                 total += keys.pair_class.size
                 padding += n_pad
-                if math.exp(sum_log_phi - min(math.exp(sigma + log_c), kernels.T_CAP)) < kernels.G_STOP:
+                if math.exp(sum_log_phi - min(math.exp(sigma + log_c), kernels.T_CAP)) < g_stop(reduction.grid_step):
                     break
     return total, padding
 

@@ -42,7 +42,7 @@ from ._generated import (
     meanfield_query_terms,
 )
 from . import numba_cache
-from .quadrature import G_STOP, T_CAP, grid, node
+from .quadrature import T_CAP, g_stop, grid, node
 from .vector_math import exp_nonpositive, log_normal_positive
 
 EXACT = 0
@@ -562,7 +562,7 @@ def query_loss(method, reduction, A, B, B_self, s, k):
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j
-        if G < G_STOP:
+        if G < g_stop(reduction.grid_step):
             break
         integral += h * G * (-terms.e1[j0] + 0.5 * _sum_e2(terms))
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral
@@ -605,7 +605,7 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
-        if G < G_STOP:
+        if G < g_stop(reduction.grid_step):
             break
         s2 = _sum_e2(terms)
         integrand = G * (-terms.e1[j0] + 0.5 * s2)
@@ -673,7 +673,7 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)                   # G = e^{-tc} prod_j Phi_j, decreasing in t
-        if G < G_STOP:
+        if G < g_stop(reduction.grid_step):
             break
         on_self += h * G * tc                            # E[c / D] = int G t c d sigma
         for j in range(keys.area_seg.size - 1):
@@ -710,7 +710,7 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
         sum_log_phi = area_terms(method, reduction, k, sigma, keys, terms, work)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
-        if G < G_STOP:
+        if G < g_stop(reduction.grid_step):
             break
         on_self += h * G * tc                            # E[c / D] = int G t c d sigma
         for j in range(keys.area_seg.size - 1):
@@ -785,7 +785,7 @@ def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
         sum_log_phi = meanfield_node(reduction, k, keys, t, C, M, terms)
         tc = min(math.exp(sigma + log_c), T_CAP)
         G = math.exp(sum_log_phi - tc)
-        if G < G_STOP:
+        if G < g_stop(reduction.grid_step):
             break
         s2 = _sum_e2(terms)
         integrand = G * (-terms.e1[j0] + 0.5 * s2)

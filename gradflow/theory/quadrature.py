@@ -32,6 +32,12 @@ T_CAP = 1e100       # t*w beyond this has e^{-t w} == 0 exactly; the cap keeps p
 # G(t) = E[e^{-tD}] decreases in t; once below this, every later node adds less than ~e G of the
 # z^2 scale (the mask configurations left have probability <= e G(t)), so the grid stops there
 G_STOP = 1e-20
+# the fast step's grid starts at e^{-x} = 25 and stops at G < 1e-15: 7% fewer nodes than with
+# 40 and 1e-20, and no less accurate (measured on 6 x 6, 8 x 8 and 14 x 14 Voronoi models late
+# in a flow and at Q = 0: loss <= 1.4e-11, gradient <= 6.9e-9 of its largest entry against the
+# fine rule; 20 and 1e-14 gave 5.8e-11 and 1.6e-8)
+GRID_LEFT_FAST = 25.0
+G_STOP_FAST = 1e-15
 
 DOUBLE_EXPONENTIAL = -1
 # Gauss-Laguerre rules: (largest log(D_max / D_min), number of nodes), measured to give a relative
@@ -66,9 +72,15 @@ def grid(log_dmin, log_dmax, step):
     for r in range(LAGUERRE_SPREAD.size):
         if spread <= LAGUERRE_SPREAD[r]:
             return r, -0.5 * (log_dmin + log_dmax), 0.0, LAGUERRE_NODES[r]
-    x0 = -math.log(GRID_LEFT)
+    x0 = -math.log(GRID_LEFT if step <= GRID_STEP else GRID_LEFT_FAST)
     n = int(math.ceil((spread + GRID_RIGHT - x0) / step)) + 1
     return DOUBLE_EXPONENTIAL, -log_dmax, x0, n
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def g_stop(step):
+    """G(t) below which the grid of ``step`` stops (G_STOP, or G_STOP_FAST for the fast step)."""
+    return G_STOP if step <= GRID_STEP else G_STOP_FAST
 
 
 @njit(cache=True, error_model="numpy")
