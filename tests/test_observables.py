@@ -291,3 +291,26 @@ def test_phase_traces_refuse_what_they_cannot_read(paper_solution):
         phase_traces(without, "steps")
     t, _ = phase_traces(without, "auto")                  # a small state: the output times
     np.testing.assert_array_equal(t, paper_solution.t)
+
+
+def test_observables_of_a_solve_use_its_quadrature():
+    """A Solution's attention by area, target and diversity are those of its states under the
+    t-rule its solve used: the fast rule's for a fast solve (within 1e-10 of the fine rule's)."""
+    from gradflow.flow.observables import area_masses, attention_diversity
+    from gradflow.presets import voronoi
+    from gradflow.theory.population import attention_by_area
+    from gradflow.theory.state import State
+    model = voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=1)
+    sol = gradflow.solve(model, 50.0, quadrature="fast", progress=False)
+    assert sol.quadrature == "fast"
+    states = sol.states
+    fast = State(states.reduction.with_quadrature("fast"), states.A_classes, states.B_classes, states.B_self)
+    by_area_fast, _ = attention_by_area(fast, "exact")
+    by_area_fine, _ = attention_by_area(states, "exact")
+    got = area_masses(sol).by_area
+    assert np.array_equal(got, by_area_fast)
+    assert np.max(np.abs(by_area_fast - by_area_fine)) < 1e-10
+    assert np.abs(by_area_fast - by_area_fine).max() > 0            # the two rules do differ
+    fine_sol = gradflow.solve(model, 50.0, quadrature="fine", progress=False)
+    assert np.array_equal(area_masses(fine_sol).by_area, attention_by_area(fine_sol.states, "exact")[0])
+    assert abs(attention_diversity(sol, at=[-1])[0] - attention_diversity(fine_sol, at=[-1])[0]) < 1e-8

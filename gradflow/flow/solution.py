@@ -21,8 +21,8 @@ from ..theory.state import State
 from .observables import (
     OBSERVABLE_METHOD,
     AreaMasses,
+    area_masses,
     own_area,
-    target_attention_along,
     target_fraction,
 )
 
@@ -159,11 +159,7 @@ class Solution:
     @property
     def target_attention_classes(self) -> np.ndarray:
         if self._target_classes is None:
-            masses = getattr(self, "_area_masses", None)     # left by phases(): the same attention by area
-            if masses is not None:
-                self._target_classes = own_area(masses.by_area, self.reduction)
-            else:
-                self._target_classes = target_attention_along(self.states)
+            self._target_classes = own_area(area_masses(self).by_area, self.reduction)
         return self._target_classes
 
     def min_target_fraction(self, i: int = -1) -> float:

@@ -182,13 +182,13 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         tends to 0, compares with L(0) instead of L (docs/model.md section 7).
     quadrature : {"auto", "fine", "fast"}
         Accuracy of the t-integrals in the gradient (docs/model.md section 4): "fine" to ~1e-15;
-        "fast" with 2/3 of the nodes, the gradient to ~1e-8 of its largest entry; "auto"
+        "fast" with ~0.6 of the nodes, the gradient to ~1e-8 of its largest entry; "auto"
         (default) takes "fast" when rtol >= 1e-6 (the large states' default, 1e-5: the
-        integrator's own error is far larger) and "fine" otherwise. What the gradient passes
-        computed on the way keeps their rule: the loss at the step ends (``step_loss``, and
-        ``loss`` at the output times that are step ends) and the attention there
-        (``step_masses``, the phases of large states); everything computed from a Solution
-        afterwards uses the fine rule.
+        integrator's own error is far larger) and "fine" otherwise. The Solution's observables
+        keep its rule: the attention at the step ends (``step_masses``) and at the output times
+        (attention by area, targets, phases, diversity); so does the loss the gradient passes
+        computed (``step_loss``, and ``loss`` at output times that are step ends). Per-position
+        views and anything else computed from a Solution afterwards use the fine rule.
 
     Returns
     -------

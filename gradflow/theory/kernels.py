@@ -112,10 +112,6 @@ LANE_PADDING = 0.15  # ... unless the padding of whole columns adds more than th
 SMALL_M = 4         # keys of classes of up to this many (m') go into the columns' products as psi^m'
 # LLVM may reorder the sums of the pair loops (and fuse multiply-adds) so as to vectorise them
 VECTOR_FLAGS = {"reassoc", "contract"}
-# the vectorised pair loops of the exact method may also assume no NaN (their weights are finite
-# and positive, t finite: none can arise), ignore the sign of zero and divide by multiplying with
-# a reciprocal (~7% of a gradient, measured); not "ninf": t * alpha may overflow before its cap
-LANE_FLAGS = {"reassoc", "contract", "nnan", "nsz", "arcp"}
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -356,7 +352,7 @@ def _keep_pair(method, gamma, m, ta, tb, shift, psi, u, w, lane, c, stored, colu
     columns[COL_Q, c] += m * masked
 
 
-@njit(cache=True, error_model="numpy", _nrt=False, fastmath=LANE_FLAGS)
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
 def exact_lane_linear(t, gamma, alpha, beta, pair_m, lane, stored, columns):
     """The pairs of one lane at t, exact method, every weight safely finite: (ta, tb, u, w) into
     ``stored[lane]``, their moments added to the column sums and psi multiplied into the column's
@@ -402,7 +398,7 @@ def pair_pass(method, t, sigma, gamma, keys, stored, columns, logs):
         column_logs(columns)
 
 
-@njit(cache=True, error_model="numpy", _nrt=False, fastmath=LANE_FLAGS)
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
 def column_logs(columns):
     """The columns' products of psi replaced by their logs, in one vectorised loop (one log per
     column, not one per key)."""
@@ -572,7 +568,7 @@ def query_loss(method, reduction, A, B, B_self, s, k):
     return 0.5 * reduction.mean_z2[reduction.key_feature[k, s]] + integral
 
 
-@njit(cache=True, error_model="numpy", _nrt=False, fastmath=LANE_FLAGS)
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
 def lane_gradients(method, gamma, lane, stored, coef, acc):
     """Add the share of one node of every pair of a lane to the gradient sums: acc[lane, 0] += ga
     (moves log alpha, i.e. A), acc[lane, 1] += ga + gb (moves B), with g = cl dL + cm dM + cv dV
