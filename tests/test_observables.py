@@ -314,3 +314,18 @@ def test_observables_of_a_solve_use_its_quadrature():
     fine_sol = gradflow.solve(model, 50.0, quadrature="fine", progress=False)
     assert np.array_equal(area_masses(fine_sol).by_area, attention_by_area(fine_sol.states, "exact")[0])
     assert abs(attention_diversity(sol, at=[-1])[0] - attention_diversity(fine_sol, at=[-1])[0]) < 1e-8
+
+
+def test_min_target_fraction_at_one_time_computes_that_time_only():
+    """``Solution.min_target_fraction(i)`` on a fresh solution computes output i's attention only
+    (a large mean-field flow's summary needs one exact pass, not one per output time), and
+    agrees bit for bit with the whole trajectory's."""
+    from gradflow.presets import voronoi
+    model = voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=1)
+    for method in ("exact", "meanfield"):
+        sol = gradflow.solve(model, 80.0, method=method, progress=False)
+        single = [sol.min_target_fraction(i) for i in (0, 5, -1)]
+        assert getattr(sol, "_area_masses", None) is None and sol._target_classes is None
+        whole = sol.target_fraction
+        expected = [np.nanmin(whole[i]) for i in (0, 5, -1)]
+        assert single == expected

@@ -262,6 +262,12 @@ def bench_vit_scale(row, quick):
     row("32x32, 16 Voronoi layouts: exact gradient, late-flow state",
         best_time(lambda: loss_and_gradient(trained_like_state(big_reduction)), repeat=1), "s",
         f"S={big_reduction.n_classes}")
+    start = time.perf_counter()
+    sol = solve(big, 1e5, method="meanfield", progress=False)
+    took = time.perf_counter() - start
+    row("32x32: meanfield solve to t=1e5, defaults", took, "s",
+        f"{sol.integrator}, {sol.nfev} gradients, status {sol.status}; target/ceiling min "
+        f"{sol.min_target_fraction():.3f} at the end (exact attention)")
 
 
 def bench_shared_machine(row, quick):

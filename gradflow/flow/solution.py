@@ -15,13 +15,14 @@ from .._validate import check_memory, choice, is_int, is_real
 from ..errors import FileFormatError, InvalidInputError
 from ..io import read_dataset, write_dataset
 from ..model import DataModel
-from ..theory.population import attention_maps, loss, loss_and_gradient
+from ..theory.population import attention_by_area, attention_maps, loss, loss_and_gradient
 from ..theory.reduction import position_reduction, signature_reduction
 from ..theory.state import State
 from .observables import (
     OBSERVABLE_METHOD,
     AreaMasses,
     area_masses,
+    observed_states,
     own_area,
     target_fraction,
 )
@@ -164,8 +165,15 @@ class Solution:
 
     def min_target_fraction(self, i: int = -1) -> float:
         """Smallest target attention / ceiling at output ``i`` over the queries that have a
-        target (single-patch areas have none); NaN when no query has one."""
-        frac = self.target_fraction[self._index(i)]
+        target (single-patch areas have none); NaN when no query has one. Only output ``i``'s
+        attention is computed, unless the whole trajectory's is known already."""
+        i = self._index(i) % self.t.size
+        if self._target_classes is None and getattr(self, "_area_masses", None) is None:
+            by_area = attention_by_area(observed_states(self)[i:i + 1], OBSERVABLE_METHOD)[0]
+            target = own_area(by_area, self.reduction)[0][..., self.reduction.class_of]
+            frac = target_fraction(target, self.model.ceiling())
+        else:
+            frac = self.target_fraction[i]
         frac = frac[np.isfinite(frac)]
         return float(frac.min()) if frac.size else float("nan")
 
