@@ -53,7 +53,12 @@ PRESET_FLAGS = {"--P": "P", "--mask-ratio": "mask_ratio", "--n-local": "n_local"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse reporting usage errors in one line, exit status 2."""
+    """argparse reporting usage errors in one line, exit status 2; no abbreviated flags (``--mask``
+    for ``--mask-ratio`` would silently break when a flag is added that shares the prefix)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
@@ -175,12 +180,12 @@ def solve_summary(sol) -> str:
     """What ``python -m gradflow`` prints: phases reached, loss, target attention, wall time."""
     summary = summarize(phases(sol))
     lines = [f"gradflow: {sol.model!r}",
-             f"  method {sol.method}, t_end {sol.t[-1]:g}, status {sol.status}: {sol.message}",
+             f"  method {sol.method}, last step ends at t = {sol.t[-1]:.6g}, status {sol.status}: {sol.message}",
              f"  loss {sol.loss_at(0):.6g} -> {sol.loss_at(-1):.6g}"]
     lines += ["  phases of " + g.line() + " (median)" for g in summary.groups.values()]
     if sol.method == "meanfield":
         lines.append("  (the mean-field loss drives the flow; attention is measured exactly on its state)")
-    lines += [f"  target attention / ceiling at t_end: min {summary.min_target_fraction:.4f}, "
+    lines += [f"  target attention / ceiling there: min {summary.min_target_fraction:.4f}, "
               f"mean {summary.mean_target_fraction:.4f}",
               f"  wall time {sol.wall_time:.2f} s ({sol.nfev} gradient evaluations, "
               f"{sol.reduction.n_classes} classes)"]
@@ -539,8 +544,25 @@ def _one_line_warnings(show):
     return showwarning
 
 
+def _flag_name(message: str, parser: argparse.ArgumentParser | None) -> str:
+    """An input error that names a field the command line sets through a flag, named by the flag:
+    "t_max must be ..." -> "--t-max must be ..."."""
+    if parser is None or "on the command line" in message:      # the preset options say it already
+        return message
+    for action in parser._actions:
+        flags = [o for o in action.option_strings if o.startswith("--")]
+        if flags and message.startswith(f"{action.dest} "):
+            return flags[0] + message[len(action.dest):]
+    return message
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+    if extra:                       # reported by the command's own parser: "gradflow solve: error: ..."
+        commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    args.parser = commands.get(args.command)
     notice = first_run_notice(args)
     if notice:
         print(notice, file=sys.stderr)
@@ -559,7 +581,8 @@ def _run(args) -> int:
         return COMMANDS[args.command](args)
     except (InvalidInputError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         # bad input, or an input file we cannot read
-        print(f"gradflow: error: {exc}", file=sys.stderr)
+        message = _flag_name(str(exc), getattr(args, "parser", None)) if isinstance(exc, InvalidInputError) else exc
+        print(f"gradflow: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradflow: interrupted", file=sys.stderr)

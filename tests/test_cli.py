@@ -43,7 +43,7 @@ def test_solve_train_compare_workflow(tmp_path, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["solve", "--preset", "nope"], "preset"),
     (["solve", "--mask-ratio", "1.5"], "mask_ratio"),
-    (["solve", "--t-max", "-1"], "t_max"),
+    (["solve", "--t-max", "-1"], "--t-max must be"),          # named by its flag
     (["solve", "--method", "magic"], "method"),
     (["solve", "--config", "missing.toml"], "missing.toml"),
     (["solve", "--preset", "balanced", "--P", "10"], "P"),
@@ -133,3 +133,16 @@ def test_examples_printed_work_as_they_are(tmp_path, capsys):
     grid.write_text(capsys.readouterr().out)
     from gradflow.analysis.sweeps import read_sweep_file
     assert read_sweep_file(grid)["grid"]["mask_ratio"] == [0.3, 0.5]
+
+
+def test_flags_are_not_abbreviated_and_unknown_ones_name_the_command(capsys):
+    """``--mask 0.3`` is not taken for ``--mask-ratio`` (an abbreviation would silently change
+    meaning once another flag shares the prefix), and an unknown flag is reported by the
+    command it was given to."""
+    with pytest.raises(SystemExit) as stop:
+        main(["solve", "--mask", "0.3", "--t-max", "10"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "gradflow solve: error: unrecognized arguments: --mask 0.3"
+    assert main(["train", "--steps", "5", "--lr", "-1", "--out", "x.nc"]) == 2
+    assert capsys.readouterr().err.strip().startswith("gradflow: error: --lr must be")

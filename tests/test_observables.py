@@ -147,7 +147,9 @@ def test_phase_scaling_global_local():
     assert r.fit_range("T1") == (36, 256) and abs(r.slopes["T1"]) < 0.1
     np.testing.assert_allclose(r.fitted("T1", r.Ps), r.times["T1"], rtol=0.02)
     assert r.slopes["T1"] == pytest.approx(fit_power_law(r.Ps, r.times["T1"])[0], rel=1e-12)
-    assert "slope" in r.table() and "none" in r.table()
+    assert "slope" in r.table() and "none" in r.table() and "nan" not in r.table()
+    slope_row = next(line for line in r.table().splitlines() if line.strip().startswith("slope"))
+    assert slope_row.split() == ["slope", f"{r.slopes['T1']:.3f}", "-", "-"]
     with pytest.raises(ValueError, match="Ps"):
         phase_scaling("global_local", [64])
 

@@ -476,7 +476,7 @@ def test_an_early_stop_is_one_clean_line(capsys):
     assert err == [line for line in err if line.startswith("gradflow: ")]
     warning = [line for line in err if line.startswith("gradflow: warning: solve: integration stopped")]
     assert len(warning) == 1 and ".py" not in warning[0] and "RuntimeWarning" not in warning[0]
-    assert "t_end " in captured.out and "t_max " not in captured.out
+    assert "last step ends at t = " in captured.out and "t_max " not in captured.out
 
 
 def test_train_says_when_its_kernel_compiles(tmp_path, monkeypatch, capsys):

@@ -49,8 +49,17 @@ def test_collapsed_attention_fails_diversity():
     assert _by_name(verify(m))["attention diversity"].passed
     # one area: nothing to diversify, the check does not apply
     single = DataModel(grid=(4, 4), clusters=[Cluster(np.zeros(16, dtype=int))], mask_ratio=0.5)
-    check = _by_name(verify(single, t_max=1e4))["attention diversity"]
-    assert check.passed and "not applicable" in check.claim
+    report = verify(single, t_max=1e4)
+    check = _by_name(report)["attention diversity"]
+    assert check.passed and not check.applies and "not applicable" in check.claim
+    # a check that does not apply is shown as N/A, not as a pass
+    rows = [line for line in report.table().splitlines() if "attention diversity" in line]
+    assert rows[0].startswith("N/A ") and "not applicable)" in report.table().splitlines()[-1]
+    assert _by_name(report)["phase ordering (local)"].applies is False
+    # local queries whose areas are single patches: a message that says so
+    lonely = check_phase_order(np.array([[1.0, 1.0]]), np.array([[2.0, 2.0]]), np.array([[2.0, 3.0]]),
+                               np.array([[True, False]]), ceiling=np.array([[0.0, 0.5]]))
+    assert not lonely.applies and "single patch" in lonely.claim and "no local query has a target" in lonely.value
 
 
 def test_check_functions_fail_on_violations():

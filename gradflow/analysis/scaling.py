@@ -73,15 +73,17 @@ class ScalingResult:
         for i, P in enumerate(self.Ps):
             row = f"{P:>8d}" + "".join(f"{self.times[n][i]:>{w}.4g}" for n in names)
             if i > 0:
-                row += "   " + "".join(f"{n} {self.local_slopes[n][i - 1]:<7.3f}" for n in names)
+                row += "   " + "".join(f"{n} {self.local_slopes[n][i - 1]:<7.3f}" if np.isfinite(self.local_slopes[n][i - 1])
+                                       else f"{n} {'-':<7}" for n in names)
             lines.append(row.rstrip())
         lines.append("-" * len(head))
-        lines.append(f"{'slope':>8}" + "".join(f"{self.slopes[n]:>{w}.3f}" for n in names))
+        lines.append(f"{'slope':>8}" + "".join(
+            f"{self.slopes[n]:>{w}.3f}" if np.isfinite(self.slopes[n]) else f"{'-':>{w}}" for n in names))
         lines.append(f"{'95% CI':>8}" + "".join(f"{ci(n):>{w}}" for n in names))
         lines.append(f"{'fit on':>8}" + "".join(
             f"{'P >= %d' % self.fit_range(n)[0] if self.fit_range(n) else 'none':>{w}}" for n in names))
         lines.append(f"(the law is fitted where the local slopes of the largest-P points agree within "
-                     f"{self.tol:g}, at least {MIN_FIT_POINTS} points; 'none': the slope has not settled)")
+                     f"{self.tol:g}, at least {MIN_FIT_POINTS} points; 'none' and '-': the slope has not settled or a time is missing)")
         return "\n".join(lines)
 
 

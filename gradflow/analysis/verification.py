@@ -27,13 +27,15 @@ DIVERSITY_MEASURABLE = 0.02  # below this gain of the ideal over the start there
 
 @dataclass
 class Check:
-    """One row of a report: a measured value against a threshold (``passed`` None: informational)."""
+    """One row of a report: a measured value against a threshold (``passed`` None: informational;
+    ``applies`` False: the claim has nothing to test in this model, shown as N/A, never failing)."""
 
     name: str
     value: object
     threshold: str
     passed: bool | None
     claim: str
+    applies: bool = True
 
 
 # ---- the checks ---------------------------------------------------------------------------------
@@ -51,7 +53,7 @@ def check_area_wide(target: np.ndarray, ceiling: np.ndarray, eps: float) -> Chec
     frac = target_fraction(target, ceiling)[ceiling > 0]      # single-patch areas have no target
     if frac.size == 0:
         return Check("area-wide attention", "every area is a single patch", f">= {1 - eps:g}", True,
-                     "not applicable: no query has another patch in its area")
+                     "not applicable: no query has another patch in its area", applies=False)
     worst = float(np.min(frac))
     return Check("area-wide attention", f"min target/ceiling {worst:.4f}", f">= {1 - eps:g}",
                  bool(worst >= 1 - eps),
@@ -70,8 +72,11 @@ def check_phase_order(T1: np.ndarray, T2: np.ndarray, T3: np.ndarray, is_local: 
     with_target = is_local & (ceiling > 0) if ceiling is not None else is_local
     n = int(with_target.sum())
     if n == 0:
-        return Check("phase ordering (local)", "no local queries", "median T1 < T2 < T3", True,
-                     "not applicable: every area is its cluster's largest")
+        if not np.any(is_local):
+            return Check("phase ordering (local)", "no local queries", "median T1 < T2 < T3", True,
+                         "not applicable: every area is its cluster's largest", applies=False)
+        return Check("phase ordering (local)", "no local query has a target", "median T1 < T2 < T3", True,
+                     "not applicable: every local query's area is a single patch", applies=False)
     m1, m2, m3 = median_time(T1[is_local]), median_time(T2[with_target]), median_time(T3[with_target])
     ordered = (T1 < T2) & (T2 < T3)          # NaN compares False: unreached phases fail
     good = int(np.sum(ordered & with_target))
@@ -99,7 +104,7 @@ def check_diversity(diversity: np.ndarray, ideal: float, share: float = DIVERSIT
     if ideal - d0 < floor:
         return Check("attention diversity", f"{d0:.4f} -> {d1:.4f} (area-wide ideal {ideal:.4f})",
                      f"ideal >= initial + {DIVERSITY_MEASURABLE:g}", True,
-                     "not applicable: the area-wide ideal is hardly more diverse than the start")
+                     "not applicable: the area-wide ideal is hardly more diverse than the start", applies=False)
     need = d0 + share * (ideal - d0)
     return Check("attention diversity", f"{d0:.4f} -> {d1:.4f} (area-wide ideal {ideal:.4f})",
                  f"final >= {need:.4f}, {share:.0%} of the way to the ideal", bool(d1 >= need),
@@ -139,14 +144,15 @@ class Report:
         w = max(len(c.name) for c in self.checks + self.info)
         lines = []
         for c in self.checks:
-            mark = "PASS" if c.passed else "FAIL"
+            mark = "N/A " if not c.applies else ("PASS" if c.passed else "FAIL")
             lines.append(f"{mark}  {c.name:<{w}}  {c.value}  (needs {c.threshold})\n      {'':<{w}}  {c.claim}")
         lines.append("")
         for c in self.info:
             lines.append(f"info  {c.name:<{w}}  {c.value}")
         lines.append("")
-        lines.append("all checks passed" if self.passed else
-                     f"{sum(not c.passed for c in self.checks)} check(s) failed")
+        skipped = sum(not c.applies for c in self.checks)
+        lines.append(("all checks passed" if self.passed else f"{sum(not c.passed for c in self.checks)} check(s) failed")
+                     + (f" ({skipped} not applicable)" if skipped else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
