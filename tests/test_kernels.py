@@ -212,3 +212,48 @@ def test_a_child_that_does_not_finish_is_stopped_and_the_path_compiled_here(monk
     start = time.perf_counter()
     warmup.wait_for("attention", limit=0.5)
     assert time.perf_counter() - start < 5 and child.poll() is not None and not warmup._children
+
+
+PARENT_SCRIPT = """
+import sys, time
+from gradflow.theory import warmup
+warmup.start()
+child = warmup._children.get("attention")
+print(child.pid if child else -1, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_warmup_child_ends_when_the_command_is_killed(tmp_path):
+    """A SIGTERM (or kill) of the command skips its cleanup; the compiling child still ends with
+    it (Linux: the child asks the kernel for a signal when its parent dies)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from gradflow.theory.parallel import available_cpus
+    if available_cpus() < 2 or not sys.platform.startswith("linux"):
+        import pytest
+        pytest.skip("needs two CPUs and Linux")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))      # cold: the child compiles ~8 s
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT], stdout=subprocess.PIPE, text=True, env=env)
+    pid = int(parent.stdout.readline())
+    assert pid > 0
+    time.sleep(1.0)
+    os.kill(pid, 0)                                   # the child is compiling
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:                                          # reap it if it is our grandchild zombie
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the warm-up child outlived its parent by 10 s")

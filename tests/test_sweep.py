@@ -155,3 +155,18 @@ def test_a_sweep_without_t_max_runs_each_flow_until_converged(tmp_path, local_cl
     spec = tmp_path / "grid.toml"
     spec.write_text('preset = "balanced"\n[grid]\nP = [16]\n')          # t_max left out
     assert main(["sweep", "--grid", str(spec), "--out", str(tmp_path)]) == 0    # the point is on disk already
+
+
+def test_a_point_file_we_may_not_read_is_not_taken_for_damaged(tmp_path, monkeypatch):
+    """A damaged point file is computed again; one we may not read raises (recomputing could not
+    replace it either), rather than being silently recomputed."""
+    from gradflow.analysis import sweeps
+    bad = tmp_path / "point.nc"
+    bad.write_text("not netcdf")
+    assert sweeps._load_point(bad) is None
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(sweeps, "load_dataset", denied)
+    with pytest.raises(PermissionError):
+        sweeps._load_point(bad)

@@ -99,10 +99,13 @@ def run_point(model: DataModel, t_max: float | None, method: str, mc, path: str 
 
 def _load_point(path: Path) -> dict | None:
     """The cached summary of one point, or None when its file is damaged (unreadable, or a value
-    missing): the point is then computed again and its file replaced."""
+    missing): the point is then computed again and its file replaced. A file we may not read is
+    not damaged: its PermissionError is raised (recomputing could not replace it either)."""
     try:
         ds = load_dataset(path)
         out = {k: float(ds[k].values) for k in SUMMARY}
+    except PermissionError:
+        raise
     except Exception:            # netCDF4 raises OSError/RuntimeError variants, xarray KeyError
         return None
     out["error"] = ""

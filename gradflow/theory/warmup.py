@@ -9,13 +9,15 @@ on at once: it checks its input, and compiles the gradient path itself when it f
 Before the attention kernels are first called, ``population.attention_by_area`` waits for the
 child (``wait_for``: at most ``WAIT_LIMIT`` seconds, then the child is stopped and the path is
 compiled where it is used, as without a child) and loads what it cached. The command stops a
-child still running when it ends. With one usable CPU, or when no process can be started,
+child still running when it ends; killed, it takes the child with it (Linux: the child asks for a
+signal when its parent dies). With one usable CPU, or when no process can be started,
 nothing changes. A library call never starts a process: only the command line asks for this.
 
 ``python -m gradflow.theory.warmup PATH ...`` compiles the named paths in this process.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +58,11 @@ def start(paths=("attention",)) -> None:
     """Start a child process compiling each of ``paths`` while CPUs beyond this one allow; returns
     at once. Nothing is started with one usable CPU or where no process can be started."""
     spare = available_cpus() - 1 - len(_children)
-    # the child imports this gradflow: appended, so that an installed one is found as usual
-    code = ("import sys; sys.path.append({!r}); from gradflow.theory.warmup import compile_path; "
-            "[compile_path(p) for p in sys.argv[1:]]").format(str(Path(__file__).resolve().parents[2]))
+    # the child imports this gradflow: appended, so that an installed one is found as usual; it
+    # first asks to end with this process (a SIGTERM or kill of the command skips its cleanup)
+    code = ("import sys; sys.path.append({!r}); from gradflow.theory.warmup import compile_path, end_with_parent; "
+            "end_with_parent({}); [compile_path(p) for p in sys.argv[1:]]").format(
+                str(Path(__file__).resolve().parents[2]), os.getpid())
     for name in paths:
         if spare <= 0 or name in _children:
             continue
@@ -68,6 +72,20 @@ def start(paths=("attention",)) -> None:
             spare -= 1
         except OSError:
             return
+
+
+def end_with_parent(parent: int) -> None:
+    """In a child: be sent SIGTERM when the process that started it ends, however it ends
+    (Linux; elsewhere the parent's own cleanup, ``stop_all``, is all there is). Exits at once
+    if that process has ended already."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        sys.exit(0)
 
 
 def wait_for(name: str, limit: float | None = None) -> None:
