@@ -213,3 +213,17 @@ def test_the_loss_is_compared_over_the_steps_it_averages(small_flow):
     c = compare(sol, runs)["loss"]
     np.testing.assert_array_equal(c.flow[1:], flow[1:])
     assert c.max_abs_error < 3 * np.max(c.mc_std[1:]) + 1e-3
+
+
+def test_the_same_seed_gives_the_same_bits_on_any_number_of_threads():
+    """A batch large enough to be split is split into the same chunks, summed in the same order,
+    whether one thread or several run them: a run does not depend on the machine's cores."""
+    from gradflow.theory.parallel import at_most_threads
+    from gradflow.training.transformer import TRAIN_PARALLEL_WORK
+    model = global_local(144, n_local=4, local_size=4, mask_ratio=0.5)
+    assert 256 * 144 * 144 >= TRAIN_PARALLEL_WORK                  # split into chunks
+    runs = []
+    for threads in (1, 2):
+        with at_most_threads(threads):
+            runs.append(train_transformer(model, steps=3, lr=0.5, batch_size=256, record_every=3, seed=4))
+    np.testing.assert_array_equal(runs[0].Q, runs[1].Q)

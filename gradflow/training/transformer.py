@@ -22,6 +22,7 @@ from ..theory.parallel import run_rows, threads_for_work
 # waits for a busy core): b = 256, P = 16 0.48 / 14 ms, P = 64 8.6 / 27 ms, P = 144 98 / 441 ms.
 # So only batches beyond P ~ 128 at b = 256 take the threads the policy allows.
 TRAIN_PARALLEL_WORK = 1 << 22
+TRAIN_CHUNKS = 8        # a batch's chunks above that work: threads share them out (up to 8 in use)
 
 
 @njit(cache=True, nogil=True)
@@ -100,16 +101,18 @@ def batch_loss_grad(Q: np.ndarray, E: np.ndarray, V: np.ndarray, fq: np.ndarray,
     """
     b, P = vis.shape
     RE, RV = scores(Q, E, V) if score_matrices is None else score_matrices
-    # one chunk of samples per thread, each with its own accumulators, summed in chunk order: the
-    # result depends on the thread count only through that order (as with Numba's prange before)
-    n_chunks = min(b, threads_for_work(float(b) * P * P, TRAIN_PARALLEL_WORK))
+    # TRAIN_CHUNKS chunks of samples (one below the work threshold), each with its own
+    # accumulators, summed in chunk order, whatever the number of threads that run them: the same
+    # seed gives the same bits on any machine (with one chunk per thread it depended on the cores)
+    threads = threads_for_work(float(b) * P * P, TRAIN_PARALLEL_WORK)
+    n_chunks = min(b, TRAIN_CHUNKS if float(b) * P * P >= TRAIN_PARALLEL_WORK else 1)
     F = RV.shape[1]
     losses, C1s, C2s = np.zeros(n_chunks), np.zeros((n_chunks, P, P)), np.zeros((n_chunks, P, F))
     gram = V.T @ V
 
     def call(chunks):
         _attention_chunks(RE, RV, gram, fq, z, vis, want_grad, chunks, n_chunks, losses, C1s, C2s)
-    run_rows(call, n_chunks, n_chunks)
+    run_rows(call, n_chunks, min(threads, n_chunks))
     loss, C1, C2 = losses.sum(), C1s.sum(axis=0), C2s.sum(axis=0)
     if not want_grad:
         return loss / b, None
