@@ -40,7 +40,7 @@ MAX_NFEV = 200_000   # default budget of gradient evaluations: an extreme, stiff
 # read to ~0.3% by interpolation): rtol 1e-5 above, 1e-8 for the small states.
 AUTO_LSODA_MAX = 2000
 RTOL_SMALL, RTOL_LARGE = 1e-8, 1e-5
-# quadrature="auto" takes the coarser t-grid (gradient to ~1e-8 of its largest entry, 2/3 of the
+# quadrature="auto" takes the coarser t-grid (gradient to ~1e-8 of its largest entry, ~0.6 of the
 # nodes) for flows integrated at rtol >= this: their steps err by far more than that
 FAST_QUADRATURE_RTOL = 1e-6
 QUADRATURES = ("auto", "fine", "fast")
