@@ -170,6 +170,11 @@ def test_missing_pieces_of_a_file_are_named(tmp_path, model):
     ds.to_netcdf(tmp_path / "no_state.nc")
     with pytest.raises(gradflow.FileFormatError, match=r"no_state.nc.*lacks variable 'B_self'"):
         Solution.load(tmp_path / "no_state.nc")
+    ds = sol.to_xarray()
+    ds.attrs["quadrature"] = "medium"                 # its observables would use this rule
+    ds.to_netcdf(tmp_path / "bad_rule.nc")
+    with pytest.raises(gradflow.FileFormatError, match=r"bad_rule.nc.*quadrature"):
+        Solution.load(tmp_path / "bad_rule.nc")
 
 
 def test_a_write_that_fails_on_a_full_disk_says_so(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from ..errors import FileFormatError, InvalidInputError
 from ..io import read_dataset, write_dataset
 from ..model import DataModel
 from ..theory.population import attention_by_area, attention_maps, loss, loss_and_gradient
-from ..theory.reduction import position_reduction, signature_reduction
+from ..theory.reduction import QUADRATURE_STEPS, position_reduction, signature_reduction
 from ..theory.state import State
 from .observables import (
     OBSERVABLE_METHOD,
@@ -27,6 +27,7 @@ from .observables import (
     target_fraction,
 )
 
+QUADRATURE_RULES = tuple(QUADRATURE_STEPS)      # the t-rules a file may name
 FORMAT_VERSION = 2          # 1: per-position A, B stored beside the classes at small P
 READS = (1, 2)
 
@@ -305,7 +306,7 @@ class Solution:
                    message=attribute(ds, "message", str, source), nfev=attribute(ds, "nfev", int, source),
                    wall_time=attribute(ds, "wall_time", float, source), _dense=dense, _loss=ds["loss"].values,
                    integrator=attribute(ds, "integrator", str, source, default=""),
-                   quadrature=attribute(ds, "quadrature", str, source, default="fine"),
+                   quadrature=attribute(ds, "quadrature", str, source, default="fine", options=QUADRATURE_RULES),
                    _target_classes=ds[target_name].values if target_name in ds else None, step_t=step_t,
                    step_loss=ds["step_loss"].values if "step_loss" in ds else None, step_masses=step_masses)
 

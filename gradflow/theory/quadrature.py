@@ -21,7 +21,8 @@ from numba import njit
 
 GRID_STEP = 0.2     # step in x: ~1e-15 relative accuracy (the default everywhere)
 # a coarser step for flows integrated at rtol >= 1e-6 (``solve``'s large states): the loss to
-# ~1e-11 and the gradient to ~1e-8 of its largest entry, with 2/3 of the nodes (~0.62 with the
+# ~1e-11 (absolute) and the gradient to ~1e-8 of its largest entry (~3e-7 at a mask ratio of
+# 0.05, tests/test_population.py), with 2/3 of the nodes (~0.62 with the
 # trims below; measured on
 # 14 x 14, 8 x 8 and 6 x 6 Voronoi models late in a flow: loss <= 1.5e-11, gradient <= 9e-9 at
 # 0.3, against 4.6e-10 / 1.3e-7 at 0.35 and 1e-8 / 2e-6 at 0.4; tests/test_population.py

@@ -75,8 +75,8 @@ class Reduction(NamedTuple):
 
     def with_quadrature(self, quadrature: str) -> "Reduction":
         """The same reduction with the t-integrals' step of ``quadrature``: "fine" (~1e-15, the
-        default) or "fast" (the loss to ~1e-11, the gradient to ~1e-8 of its largest entry, 2/3
-        of the nodes; for flows integrated at rtol >= 1e-6)."""
+        default) or "fast" (the loss to ~1e-11, the gradient to ~1e-8 of its largest entry, ~3e-7
+        at a mask ratio of 0.05; ~0.6 of the nodes; for flows integrated at rtol >= 1e-6)."""
         return self._replace(grid_step=QUADRATURE_STEPS[quadrature])
 
     def __repr__(self) -> str:
@@ -89,9 +89,10 @@ def _build(model: DataModel, class_of: np.ndarray) -> Reduction:
     class_of = np.asarray(class_of, dtype=np.int64)
     S = int(class_of.max()) + 1
     amax = max(a.values.size for cl in model.clusters for a in cl.amplitudes)
-    # the class pairs, then in the kernels per query and thread ~18 numbers per (atom, key) pair
-    # (its weights and scratch rows, kernels.QueryWork), and the state and its gradient (S^2 each)
-    check_memory(3.0 * S * S + 18.0 * S * amax * numba.config.NUMBA_NUM_THREADS,
+    # the class pairs, then in the kernels per query and thread ~24 numbers per (atom, key) pair
+    # (7 of its own, 6 scratch rows, with one lane 8 per column, kernels.QueryWork; padding up to
+    # 15%), and the state and its gradient (S^2 each)
+    check_memory(3.0 * S * S + 24.0 * S * amax * numba.config.NUMBA_NUM_THREADS,
                  f"a reduction of {S} classes with {amax} amplitude atoms")
     sizes = np.bincount(class_of, minlength=S).astype(np.int64)
     rep = np.zeros(S, dtype=np.int64)
