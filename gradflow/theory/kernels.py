@@ -17,9 +17,12 @@ and with t = e^sigma on the grid of ``quadrature``, per area j and atom a,
 Per key, ``key_primitives`` gives log phi = log psi - shift in a form that needs one exp and
 cannot overflow, and the tilted probabilities u, w = 1 - u; the moments (t mu, t^2 var, the
 masked mass) and their derivatives along log alpha and log beta are SymPy's (``_generated``),
-written in (ta, tb, u, w). Per node only (ta, tb, u, w) of every key are stored (``TA``, ``TB``,
-``U``, ``W``) for the gradient and attention passes. Logs of products, never products of large
-numbers: nothing over- or underflows.
+written in (ta, tb, u, w). A query's (atom, key) pairs sit in a grid of lanes by columns
+(``QueryKeys``): per node one vectorised pass over each lane stores (ta, tb, u, w) of every pair
+(``TA``, ``TB``, ``U``, ``W``) for the gradient and attention passes and adds its moments and
+psi^m' to its column; the sums per (area, atom) are then sums of a few column sums, with one
+log per column. Logs of products of bounded factors, never products of large numbers: nothing
+over- or underflows.
 Gradients returned are per entry of the per-position matrices (the derivative of L with respect
 to one A[p, f] or B[p, q]).
 """
