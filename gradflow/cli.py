@@ -185,7 +185,7 @@ def solve_summary(sol) -> str:
     lines += ["  phases of " + g.line() + " (median)" for g in summary.groups.values()]
     if sol.method == "meanfield":
         lines.append("  (the mean-field loss drives the flow; attention is measured exactly on its state)")
-    lines += [f"  target attention / ceiling there: min {summary.min_target_fraction:.4f}, "
+    lines += [f"  target attention / ceiling at the end: min {summary.min_target_fraction:.4f}, "
               f"mean {summary.mean_target_fraction:.4f}",
               f"  wall time {sol.wall_time:.2f} s ({sol.nfev} gradient evaluations, "
               f"{sol.reduction.n_classes} classes)"]

@@ -13,7 +13,9 @@ child still running when it ends; killed, it takes the child with it (Linux: the
 signal when its parent dies). With one usable CPU, or when no process can be started,
 nothing changes. A library call never starts a process: only the command line asks for this.
 
-``python -m gradflow.theory.warmup PATH ...`` compiles the named paths in this process.
+The child runs ``theory.precompile`` (``python -m gradflow.theory.precompile PATH ...`` compiles
+the named paths in this process); this module only manages it, and imports nothing that calls
+the kernels (``population`` waits here).
 """
 from __future__ import annotations
 
@@ -22,36 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ..model import Cluster, DataModel
 from .parallel import available_cpus
-from .reduction import signature_reduction
-from .state import State
 
-PATHS = ("gradient", "attention")
 WAIT_LIMIT = 120.0        # seconds a kernel call waits for a child (a compile takes ~8 s on 2 cores)
 _children: dict = {}      # path -> the process compiling it
-
-
-def _small_state(stacked: bool) -> State:
-    """A zero state of a small model: every kernel argument has the types of any model's."""
-    model = DataModel(grid=(2, 3), clusters=[Cluster(np.array([0, 0, 1, 1, 1, 2]))], mask_ratio=0.5)
-    reduction = signature_reduction(model)
-    S, F = reduction.n_classes, reduction.n_features
-    lead = (1,) if stacked else ()
-    return State(reduction, np.zeros(lead + (S, F)), np.zeros(lead + (S, S)), np.zeros(lead + (S,)))
-
-
-def compile_path(name: str) -> None:
-    """Compile (or load from the cache) the kernels of one path, by calling them once."""
-    from . import population
-    if name == "gradient":
-        population.loss_gradient_and_masses(_small_state(False))
-    elif name == "attention":
-        population.attention_by_area(_small_state(True))
-    else:
-        raise ValueError(f"path must be one of {PATHS}, got {name!r}")
 
 
 def start(paths=("attention",)) -> None:
@@ -60,8 +36,9 @@ def start(paths=("attention",)) -> None:
     spare = available_cpus() - 1 - len(_children)
     # the child imports this gradflow: appended, so that an installed one is found as usual; it
     # first asks to end with this process (a SIGTERM or kill of the command skips its cleanup)
-    code = ("import sys; sys.path.append({!r}); from gradflow.theory.warmup import compile_path, end_with_parent; "
-            "end_with_parent({}); [compile_path(p) for p in sys.argv[1:]]").format(
+    code = ("import sys; sys.path.append({!r}); from gradflow.theory.warmup import end_with_parent; "
+            "end_with_parent({}); from gradflow.theory.precompile import compile_path; "
+            "[compile_path(p) for p in sys.argv[1:]]").format(
                 str(Path(__file__).resolve().parents[2]), os.getpid())
     for name in paths:
         if spare <= 0 or name in _children:
@@ -112,8 +89,3 @@ def _stop(child) -> None:
     if child.poll() is None:
         child.kill()
         child.wait()
-
-
-if __name__ == "__main__":
-    for path in sys.argv[1:]:
-        compile_path(path)
