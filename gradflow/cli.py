@@ -204,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="gradflow", description="Exact gradient-flow dynamics of attention (arXiv 2403.02233).")
     ap.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    ap.commands = sub.choices            # command name -> its parser (errors are reported by it)
 
     s = sub.add_parser("solve", help="solve a gradient flow, print a summary, optionally save it")
     _add_model_options(s)
@@ -559,7 +560,7 @@ def _flag_name(message: str, parser: argparse.ArgumentParser | None) -> str:
 def main(argv=None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+    commands = parser.commands
     if extra:                       # reported by the command's own parser: "gradflow solve: error: ..."
         commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     args.parser = commands.get(args.command)
