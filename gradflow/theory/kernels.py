@@ -216,16 +216,16 @@ def query_keys(reduction, A, B, B_self, s, k):
     cols = np.zeros(len(LANES), np.int64)
     n_segments = 0
     for f in range(first, stop):
-        ones = 0
+        small = 0
         multi = 0
         for ii in range(reduction.area_start[f], reduction.area_stop[f]):
             m = reduction.other_keys[s, reduction.keys_by_area[k, ii]]
             if _small(m):
-                ones += 1
+                small += 1
             elif m > 0.0:
                 multi += 1
         for i in range(len(LANES)):
-            cols[i] += reduction.n_atoms[f] * (_columns(ones, LANES[i]) + _columns(multi, LANES[i]))
+            cols[i] += reduction.n_atoms[f] * (_columns(small, LANES[i]) + _columns(multi, LANES[i]))
         n_segments += reduction.n_atoms[f]
     pick = len(LANES) - 1                                      # one lane: no padding
     for i in range(len(LANES) - 1, -1, -1):
@@ -258,14 +258,14 @@ def query_keys(reduction, A, B, B_self, s, k):
         for a in range(reduction.n_atoms[f]):
             z = reduction.atom_z[f, a]
             seg_col[q] = col
-            for once in (True, False):
-                if not once:
+            for small_classes in (True, False):          # keys of small classes first
+                if not small_classes:
                     seg_multi[q] = col
                 slot = 0                # the slot-th key goes to lane slot % L of column col + slot // L
                 for ii in range(reduction.area_start[f], reduction.area_stop[f]):
                     r = reduction.keys_by_area[k, ii]
                     m = reduction.other_keys[s, r]
-                    if m <= 0.0 or _small(m) != once:
+                    if m <= 0.0 or _small(m) != small_classes:
                         continue
                     lane, c = slot % n_lanes, col + slot // n_lanes
                     slot += 1
