@@ -21,3 +21,19 @@ def test_generated_factors_match_direct_formulas():
     u = (1 - g) * math.exp(-ta) / phi
     assert abs(L - math.log(phi)) < 1e-15 and abs(M - ta * u) < 1e-15
     assert abs(V - ta**2 * u * (1 - u)) < 1e-15 and abs(Qm - tb * (1 - u)) < 1e-15
+
+
+def test_quadrature_rule_construction_reproduces_a_tabulated_rule():
+    """derivations/quadrature_rules.py, run again for one spread, builds a rule as short as the
+    committed one (``_quadrature_rules``) that integrates the family as accurately (checked on
+    members it was not built from)."""
+    import numpy as np
+
+    from gradflow.theory import _quadrature_rules as table
+    gen = load_source("derivations/quadrature_rules.py")
+    row = 3
+    rank, nodes, weights, err = gen.build(float(table.SPREAD[row]))
+    assert nodes.size <= table.NODES[row] and nodes.size <= (rank + 1) // 2 + 1
+    assert err <= 2e-12 and np.all(weights > 0)
+    n = table.NODES[row]
+    assert gen.check(table.SPREAD[row], table.LOG_T[row, :n], table.WEIGHT[row, :n]) <= 2e-12

@@ -4,10 +4,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from numba import njit
 
 from gradflow.model.presets import voronoi
-from gradflow.theory import kernels
+from gradflow.theory import _quadrature_rules, kernels, quadrature
 from gradflow.theory.reduction import signature_reduction
 from gradflow.theory.vector_math import exp_nonpositive, log_normal_positive
 
@@ -159,9 +160,39 @@ def test_numba_cache_is_dropped_when_a_compiled_in_source_changes(tmp_path):
     assert numba_cache.refresh(module, [dep]) and not any(p.exists() for p in cached)
     # the kernels' own stamp covers every file they compile in
     stamp = Path(kernels.exact_loss_grad_rows._cache._cache_path) / "kernels.sources.sha256"
-    assert {p.name for p in kernels.CACHE_SOURCES} == {"kernels.py", "_generated.py", "quadrature.py", "vector_math.py"}
+    assert {p.name for p in kernels.CACHE_SOURCES} == {"kernels.py", "_generated.py", "quadrature.py",
+                                                      "_quadrature_rules.py", "vector_math.py"}
     if stamp.exists():
         assert stamp.read_text() == numba_cache.source_digest(kernels.CACHE_SOURCES)
+    # ... and the quadrature's covers its tables (compiled into grid and node as constants)
+    stamp = Path(quadrature.grid._cache._cache_path) / "quadrature.sources.sha256"
+    if stamp.exists():
+        assert stamp.read_text() == numba_cache.source_digest(
+            [Path(quadrature.__file__), Path(quadrature.__file__).with_name("_quadrature_rules.py")])
+
+
+@pytest.mark.parametrize("row", range(len(quadrature.GAUSSIAN_SPREAD)))
+def test_generalized_gaussian_rules_integrate_their_family(row):
+    """Each tabulated fast rule integrates (tD)^(p+1) e^{-tD} d sigma = p! for D anywhere in its
+    spread (random D, not the construction's grid) and p = 0 .. 2 (the loss has p <= 1, its gradient p <= 2) to 5e-12, with sorted nodes
+    (the grid's early stop needs t increasing) and positive weights; a cheap rule for a spread
+    past its table row would fail (checked on the next row's spread)."""
+    spread = quadrature.GAUSSIAN_SPREAD[row]
+    r = quadrature.GAUSSIAN_FIRST + row
+    n = quadrature.GAUSSIAN_NODES[row]
+    log_t, w = quadrature.RULE_LOG_T[r, :n], quadrature.RULE_WEIGHT[r, :n]
+    assert np.all(np.diff(log_t) > 0) and np.all(w > 0)
+    rng = np.random.default_rng(row)
+
+    def worst(log_d):
+        tau = np.exp(log_d[:, None] + log_t[None, :])
+        return max(np.abs((tau ** (p + 1) * np.exp(-tau)) @ w / math.factorial(p) - 1.0).max()
+                   for p in _quadrature_rules.POWERS)
+    assert worst(rng.uniform(-spread, 0.0, 2000)) <= 5e-12
+    assert worst(-np.array([1.6 * spread + 1.0])) > 1e-9        # the rule is not good everywhere
+    # the kernels' choice: a query of this spread takes this rule (or a cheaper Laguerre one)
+    rule, offset, _, nodes = quadrature.grid(-spread, 0.0, quadrature.GRID_STEP_FAST)
+    assert (rule, offset, nodes) == (r, 0.0, n)
 
 
 WARMUP_SCRIPT = """

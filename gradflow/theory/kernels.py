@@ -1032,5 +1032,6 @@ def compiled_before() -> bool:
 
 # every file whose code these kernels compile in: Numba's cache sees only this one (numba_cache)
 CACHE_SOURCES = tuple(Path(__file__).with_name(name)
-                      for name in ("kernels.py", "_generated.py", "quadrature.py", "vector_math.py"))
+                      for name in ("kernels.py", "_generated.py", "quadrature.py", "_quadrature_rules.py",
+                                   "vector_math.py"))
 numba_cache.refresh(globals(), CACHE_SOURCES)

@@ -11,22 +11,31 @@ Two rules, both written as nodes sigma_i = log t_i with weights h_i for integran
   near Q = 0): every integrand is a mixture of t^p e^{-tD}, p <= 2, and an n-point Gauss-Laguerre
   rule at the scale of D integrates them to ~1e-15 with n = 2 (D constant: exact) to 7 nodes
   instead of ~45 (tests/test_population.py checks both rules against each other and brute force).
+* **Generalized Gaussian** (the fast step only, log(D_max / D_min) up to 12): every integrand is a
+  mixture of (tD)^(p+1) e^{-tD} in sigma with D in [D_min, D_max] and p <= 2; a rule built for
+  that family (derivations/quadrature_rules.py, tabulated in ``_quadrature_rules``) integrates
+  each member to ~1e-12 with half as many nodes as the family's numerical rank: 13 nodes for a
+  spread of 1.75 and 23 for 4.5, where the double-exponential rule at step 0.3 takes ~28 and
+  ~37. A query takes it when it has fewer nodes than that rule.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
+from . import _quadrature_rules, numba_cache
+
 GRID_STEP = 0.2     # step in x: ~1e-15 relative accuracy (the default everywhere)
-# a coarser step for flows integrated at rtol >= 1e-6 (``solve``'s large states): the loss to
-# ~1e-11 (absolute) and the gradient to ~1e-8 of its largest entry (~3e-7 at a mask ratio of
-# 0.05, tests/test_population.py), with 2/3 of the nodes (~0.62 with the
-# trims below; measured on
-# 14 x 14, 8 x 8 and 6 x 6 Voronoi models late in a flow: loss <= 1.5e-11, gradient <= 9e-9 at
-# 0.3, against 4.6e-10 / 1.3e-7 at 0.35 and 1e-8 / 2e-6 at 0.4; tests/test_population.py
-# holds the two rules to that)
+# a coarser step for flows integrated at rtol >= 1e-6 (``solve``'s large states): with the trims
+# below, ~0.62 of the nodes, the loss to ~1e-11 (absolute) and the gradient to ~1e-8 of its
+# largest entry (measured on 14 x 14, 8 x 8 and 6 x 6 Voronoi models late in a flow: loss <=
+# 1.5e-11, gradient <= 9e-9 at 0.3, against 4.6e-10 / 1.3e-7 at 0.35 and 1e-8 / 2e-6 at 0.4).
+# The fast rule takes the generalized Gaussian rules where they are shorter; together: 0.2-0.6
+# of the fine rule's nodes, the loss to ~2e-12 and the gradient to ~2e-8 of its largest entry,
+# ~3e-7 at a mask ratio of 0.05 (tests/test_population.py holds the two rules to that)
 GRID_STEP_FAST = 0.3
 GRID_LEFT = 40.0    # first node at e^{-x} = GRID_LEFT: integrand ~ e^{-40} there
 GRID_RIGHT = 5.0    # last node at sigma >= -log D_min + GRID_RIGHT
@@ -61,21 +70,42 @@ def _laguerre_tables():
     return log_tau, weight
 
 
-LAGUERRE_LOG_TAU, LAGUERRE_WEIGHT = _laguerre_tables()
+def _rule_tables():
+    """Every tabulated rule as rows of (log t, weight in sigma): the Gauss-Laguerre rules first
+    (their sigma is relative to the middle of log D), then the generalized Gaussian ones (relative
+    to -log D_max), zero-padded to the longest."""
+    log_tau, weight = _laguerre_tables()
+    n_max = max(log_tau.shape[1], _quadrature_rules.LOG_T.shape[1])
+    pad = lambda a: np.pad(a, ((0, 0), (0, n_max - a.shape[1])))       # noqa: E731
+    return (np.vstack([pad(log_tau), pad(_quadrature_rules.LOG_T)]),
+            np.vstack([pad(weight), pad(_quadrature_rules.WEIGHT)]))
+
+
+RULE_LOG_T, RULE_WEIGHT = _rule_tables()
 LAGUERRE_SPREAD = np.array([spread for spread, _ in LAGUERRE_RULES])
 LAGUERRE_NODES = np.array([n for _, n in LAGUERRE_RULES], dtype=np.int64)
+GAUSSIAN_FIRST = len(LAGUERRE_RULES)            # row of the first generalized Gaussian rule
+GAUSSIAN_SPREAD = _quadrature_rules.SPREAD
+GAUSSIAN_NODES = _quadrature_rules.NODES
 
 
 @njit(cache=True, error_model="numpy")
 def grid(log_dmin, log_dmax, step):
     """(rule, sigma offset, first x, number of nodes) of the quadrature for one query, with the
-    double-exponential rule's ``step`` in x."""
+    double-exponential rule's ``step`` in x (the fast step may take a generalized Gaussian rule
+    instead, when it has fewer nodes)."""
     spread = log_dmax - log_dmin
     for r in range(LAGUERRE_SPREAD.size):
         if spread <= LAGUERRE_SPREAD[r]:
             return r, -0.5 * (log_dmin + log_dmax), 0.0, LAGUERRE_NODES[r]
     x0 = -math.log(GRID_LEFT if step <= GRID_STEP else GRID_LEFT_FAST)
     n = int(math.ceil((spread + GRID_RIGHT - x0) / step)) + 1
+    if step > GRID_STEP:
+        for r in range(GAUSSIAN_SPREAD.size):
+            if spread <= GAUSSIAN_SPREAD[r]:
+                if GAUSSIAN_NODES[r] < n:
+                    return GAUSSIAN_FIRST + r, -log_dmax, 0.0, GAUSSIAN_NODES[r]
+                break
     return DOUBLE_EXPONENTIAL, -log_dmax, x0, n
 
 
@@ -89,7 +119,13 @@ def g_stop(step):
 def node(rule, offset, x0, step, i):
     """sigma = log t and the quadrature weight d sigma of node i."""
     if rule != DOUBLE_EXPONENTIAL:
-        return offset + LAGUERRE_LOG_TAU[rule, i], LAGUERRE_WEIGHT[rule, i]
+        return offset + RULE_LOG_T[rule, i], RULE_WEIGHT[rule, i]
     x = x0 + i * step
     em = math.exp(-x)
     return offset + x - em, step * (1.0 + em)
+
+
+# the rules' tables are compiled into grid and node as constants: regenerating them must drop
+# the cached code (numba_cache)
+numba_cache.refresh(globals(), tuple(Path(__file__).with_name(name)
+                                     for name in ("quadrature.py", "_quadrature_rules.py")))
