@@ -89,16 +89,18 @@ class QueryKeys(NamedTuple):
 
 
 class AreaTerms(NamedTuple):
-    """Per-area sums of one query at one node of the t-grid (j indexes the cluster's areas)."""
+    """Per-area sums of one query at one node of the t-grid (j indexes the cluster's areas, q its
+    segments: atom a of area j is segment q = area_seg[j] + a)."""
 
     log_phi: np.ndarray      # (N,) log Phi_j
     e1: np.ndarray           # (N,) E_post[z t mu_j]
     e2: np.ndarray           # (N,) E_post[(t mu_j)^2 + t^2 var_j]
-    log_post: np.ndarray     # (N, Amax) log prod_r phi_r^{m'_r} of every atom, with its log weight
-    post: np.ndarray         # (N, Amax) posterior probability of every atom
-    t_mu: np.ndarray         # (N, Amax) t mu_j given the atom
-    t2_var: np.ndarray       # (N, Amax) t^2 var_j given the atom
-    t_masked: np.ndarray     # (N, Amax) t times the tilted masked weight of the area, given the atom
+    log_post: np.ndarray     # (NS,) log prod_r phi_r^{m'_r} of every atom, with its log weight
+    top: np.ndarray          # (NS,) the largest log_post of the segment's area
+    post: np.ndarray         # (NS,) posterior probability of every atom
+    t_mu: np.ndarray         # (NS,) t mu_j given the atom
+    t2_var: np.ndarray       # (NS,) t^2 var_j given the atom
+    t_masked: np.ndarray     # (NS,) t times the tilted masked weight of the area, given the atom
 
 
 # ---- scalar helpers ---------------------------------------------------------------------------
@@ -215,7 +217,9 @@ def query_keys(reduction, A, B, B_self, s, k):
     # atoms, for every number of lanes; the most lanes that pad little
     cols = np.zeros(len(LANES), np.int64)
     n_segments = 0
+    largest_area = 0
     for f in range(first, stop):
+        largest_area = max(largest_area, reduction.area_stop[f] - reduction.area_start[f])
         small = 0
         multi = 0
         for ii in range(reduction.area_start[f], reduction.area_stop[f]):
@@ -253,8 +257,16 @@ def query_keys(reduction, A, B, B_self, s, k):
     all_linear = True
     col = 0
     q = 0
+    # one exp per key and one per atom, not one per (atom, key) pair: alpha = beta e^{z_a A} where
+    # all three are safely finite (else alpha from its log, and 0 past the range)
+    tilt = np.empty(reduction.atom_z.shape[1])     # e^{z_a A[s, f]} of the area's atoms
+    key_beta = np.empty(largest_area)              # e^{B[s, r]} of the area's keys
     for f in range(first, stop):
         area_seg[f - first] = q
+        for a in range(reduction.n_atoms[f]):
+            tilt[a] = _linear(reduction.atom_z[f, a] * A[s, f])
+        for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+            key_beta[ii - reduction.area_start[f]] = _linear(B[s, reduction.keys_by_area[k, ii]])
         for a in range(reduction.n_atoms[f]):
             z = reduction.atom_z[f, a]
             seg_col[q] = col
@@ -275,9 +287,10 @@ def query_keys(reduction, A, B, B_self, s, k):
                     pair_m[lane, c] = m
                     pair_z[lane, c] = z
                     log_beta[lane, c] = lb
-                    beta[lane, c] = _linear(lb)
+                    beta[lane, c] = key_beta[ii - reduction.area_start[f]]
                     log_alpha[lane, c] = la
-                    alpha[lane, c] = _linear(la)
+                    alpha[lane, c] = (beta[lane, c] * tilt[a] if beta[lane, c] > 0.0 and tilt[a] > 0.0
+                                      and -600.0 < la < 600.0 else _linear(la))
                     if beta[lane, c] == 0.0 or alpha[lane, c] == 0.0:
                         all_linear = False
                 col += _columns(slot, n_lanes)
@@ -296,8 +309,16 @@ def query_keys(reduction, A, B, B_self, s, k):
                 amin = min(amin, la)
                 amax_r = max(amax_r, la)
             if linear and -600.0 < amin and amax_r < 600.0:      # every weight of this key safely finite
-                d_min += m * math.exp(amin)
-                d_max += m * math.exp(amax_r)
+                # e^{amin}, e^{amax}: the key's smallest and largest linear weight (exp is monotone)
+                b = key_beta[ii - reduction.area_start[f]]
+                w_min = b
+                w_max = b
+                for a in range(reduction.n_atoms[f]):
+                    w = b * tilt[a] if b > 0.0 and tilt[a] > 0.0 else _linear(lb + reduction.atom_z[f, a] * A[s, f])
+                    w_min = min(w_min, w)
+                    w_max = max(w_max, w)
+                d_min += m * w_min
+                d_max += m * w_max
             else:
                 if linear:              # switch to logs, carrying the linear sums over
                     lo = logaddexp(lo, math.log(d_min)) if d_min > 0.0 else lo
@@ -317,10 +338,10 @@ def query_keys(reduction, A, B, B_self, s, k):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def new_area_terms(n_areas, amax):
-    return AreaTerms(np.empty(n_areas), np.empty(n_areas), np.empty(n_areas), np.empty((n_areas, amax)),
-                     np.empty((n_areas, amax)), np.empty((n_areas, amax)), np.empty((n_areas, amax)),
-                     np.empty((n_areas, amax)))
+def new_area_terms(n_areas, n_segments):
+    return AreaTerms(np.empty(n_areas), np.empty(n_areas), np.empty(n_areas), np.empty(n_segments),
+                     np.empty(n_segments), np.empty(n_segments), np.empty(n_segments), np.empty(n_segments),
+                     np.empty(n_segments))
 
 
 @njit(cache=True, error_model="numpy", fastmath=VECTOR_FLAGS, inline="always")
@@ -473,42 +494,66 @@ def area_terms(method, reduction, k, sigma, keys, terms, work):
         for a in range(keys.area_seg[j + 1] - q0):
             q = q0 + a
             z = reduction.atom_z[f, a]
-            terms.t_mu[j, a] = z * sums[2, q]
-            terms.t2_var[j, a] = z * z * sums[3, q]
-            terms.t_masked[j, a] = sums[4, q]
-            terms.log_post[j, a] = reduction.atom_log_weight[f, a] + sums[1, q] - sums[0, q]
-        total += atom_posterior(reduction, f, j, keys.area_seg[j + 1] - q0, terms)
+            terms.t_mu[q] = z * sums[2, q]
+            terms.t2_var[q] = z * z * sums[3, q]
+            terms.t_masked[q] = sums[4, q]
+            terms.log_post[q] = reduction.atom_log_weight[f, a] + sums[1, q] - sums[0, q]
+    return area_posteriors(reduction, k, keys, terms)
+
+
+@njit(cache=True, error_model="numpy", _nrt=False, fastmath=VECTOR_FLAGS)
+def posterior_weights(log_post, top, post):
+    """post[q] = e^{log_post[q] - top[q]} for every segment, in one vectorised loop (a libm exp
+    per atom and node was ~10% of a gradient with continuous amplitudes)."""
+    for q in range(post.size):
+        post[q] = exp_nonpositive(log_post[q] - top[q])
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def area_posteriors(reduction, k, keys, terms):
+    """Every area's log Phi_j, its atoms' posterior and E1_j, E2_j (``atom_posterior``) from
+    ``terms.log_post``, ``t_mu``, ``t2_var``; returns sum_j log Phi_j."""
+    for j in range(keys.area_seg.size - 1):
+        q0, q1 = keys.area_seg[j], keys.area_seg[j + 1]
+        top = -np.inf
+        for q in range(q0, q1):
+            top = max(top, terms.log_post[q])
+        for q in range(q0, q1):
+            terms.top[q] = top
+    posterior_weights(terms.log_post, terms.top, terms.post)
+    first = reduction.feature_start[k]
+    total = 0.0
+    for j in range(keys.area_seg.size - 1):
+        total += atom_posterior(reduction, first + j, j, keys.area_seg[j], keys.area_seg[j + 1] - keys.area_seg[j],
+                                terms)
     return total
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def atom_posterior(reduction, f, j, nat, terms):
-    """Area j's log Phi_j = log sum_a w_a prod_r phi_r^{m'_r} (given in ``terms.log_post[j]``),
-    the atoms' posterior probabilities (``terms.post[j]``), and E1_j, E2_j under that posterior;
-    returns log Phi_j."""
+def atom_posterior(reduction, f, j, q0, nat, terms):
+    """Area j's log Phi_j = log sum_a w_a prod_r phi_r^{m'_r} (from ``terms.log_post`` and the
+    weights e^{log_post - top} in ``terms.post`` of its segments q0 .. q0 + nat - 1), the atoms'
+    posterior probabilities (into ``terms.post``), and E1_j, E2_j under that posterior; returns
+    log Phi_j."""
     if nat == 1:   # point mass: the posterior is the atom itself, no exp/log needed
-        lphi = terms.log_post[j, 0]
-        terms.post[j, 0] = 1.0
+        lphi = terms.log_post[q0]
+        terms.post[q0] = 1.0
         terms.log_phi[j] = lphi
-        terms.e1[j] = reduction.atom_z[f, 0] * terms.t_mu[j, 0]
-        terms.e2[j] = terms.t_mu[j, 0] * terms.t_mu[j, 0] + terms.t2_var[j, 0]
+        terms.e1[j] = reduction.atom_z[f, 0] * terms.t_mu[q0]
+        terms.e2[j] = terms.t_mu[q0] * terms.t_mu[q0] + terms.t2_var[q0]
         return lphi
-    top = -np.inf
-    for a in range(nat):
-        top = max(top, terms.log_post[j, a])
     norm = 0.0
     acc1 = 0.0
     acc2 = 0.0
     for a in range(nat):
-        weight = math.exp(terms.log_post[j, a] - top)
-        terms.post[j, a] = weight
+        weight = terms.post[q0 + a]
         norm += weight
-        tm = terms.t_mu[j, a]
+        tm = terms.t_mu[q0 + a]
         acc1 += weight * reduction.atom_z[f, a] * tm
-        acc2 += weight * (tm * tm + terms.t2_var[j, a])
-    lphi = top + math.log(norm)
+        acc2 += weight * (tm * tm + terms.t2_var[q0 + a])
+    lphi = terms.top[q0] + math.log(norm)
     for a in range(nat):
-        terms.post[j, a] /= norm
+        terms.post[q0 + a] /= norm
     terms.log_phi[j] = lphi
     terms.e1[j] = acc1 / norm
     terms.e2[j] = acc2 / norm
@@ -534,8 +579,7 @@ def query_setup(reduction, A, B, B_self, s, k):
     A plain tuple, unpacked at once: a NamedTuple of arrays carried through the node loop costs
     ~25% of the kernel's time (measured)."""
     keys, log_c, log_dmin, log_dmax = query_keys(reduction, A, B, B_self, s, k)
-    amax = reduction.atom_z.shape[1]
-    terms = new_area_terms(keys.area_seg.size - 1, amax)
+    terms = new_area_terms(keys.area_seg.size - 1, keys.seg_multi.size)
     n_cols = keys.seg_col[keys.seg_col.size - 1]
     n_lanes = keys.pair_class.shape[0]
     work = QueryWork(np.empty((n_lanes, N_STORED, n_cols)), np.empty((N_COLUMN, n_cols)),
@@ -622,12 +666,12 @@ def query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row, grad_B_ro
             c1 = -1.0 if own else 0.0
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
-                wa = h * G * terms.post[j, a]
+                wa = h * G * terms.post[q]
                 z = reduction.atom_z[first + j, a]
-                tm = terms.t_mu[j, a]
+                tm = terms.t_mu[q]
                 unmasked_by_area[j] += wa * tm / z           # attention, as in query_area_attention
-                hidden += wa * terms.t_masked[j, a]
-                cl = wa * (c_phi + c1 * z * tm + 0.5 * (tm * tm + terms.t2_var[j, a]))
+                hidden += wa * terms.t_masked[q]
+                cl = wa * (c_phi + c1 * z * tm + 0.5 * (tm * tm + terms.t2_var[q]))
                 cm = wa * z * (c1 * z + tm)
                 cv = wa * 0.5 * z * z
                 for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
@@ -682,7 +726,7 @@ def query_attention(method, reduction, A, B, B_self, s, k, unmasked_row, masked_
         for j in range(keys.area_seg.size - 1):
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
-                wa = h * G * terms.post[j, a]
+                wa = h * G * terms.post[q]
                 for c in range(keys.seg_col[q], keys.seg_col[q + 1]):
                     weight[0, c] = wa
         for lane in range(keys.pair_class.shape[0]):
@@ -719,9 +763,10 @@ def query_area_attention(method, reduction, A, B, B_self, s, k, unmasked_by_area
         for j in range(keys.area_seg.size - 1):
             f = first + j
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
-                wa = h * G * terms.post[j, a]
-                unmasked_by_area[j] += wa * terms.t_mu[j, a] / reduction.atom_z[f, a]
-                masked += wa * terms.t_masked[j, a]
+                q = keys.area_seg[j] + a
+                wa = h * G * terms.post[q]
+                unmasked_by_area[j] += wa * terms.t_mu[q] / reduction.atom_z[f, a]
+                masked += wa * terms.t_masked[q]
     return masked, on_self
 
 
@@ -750,16 +795,14 @@ def meanfield_segment_sums(reduction, keys):
 def meanfield_node(reduction, k, keys, t, C, M, terms):
     """Per-area sums of the mean-field integrand at t (as area_terms); returns sum_j log Phi_j."""
     first = reduction.feature_start[k]
-    total = 0.0
     for j in range(keys.area_seg.size - 1):
         f = first + j
         q0 = keys.area_seg[j]
         for a in range(keys.area_seg[j + 1] - q0):
-            terms.t_mu[j, a] = reduction.atom_z[f, a] * t * M[q0 + a]
-            terms.t2_var[j, a] = 0.0                    # the counts are at their means
-            terms.log_post[j, a] = reduction.atom_log_weight[f, a] - t * C[q0 + a]
-        total += atom_posterior(reduction, f, j, keys.area_seg[j + 1] - q0, terms)
-    return total
+            terms.t_mu[q0 + a] = reduction.atom_z[f, a] * t * M[q0 + a]
+            terms.t2_var[q0 + a] = 0.0                    # the counts are at their means
+            terms.log_post[q0 + a] = reduction.atom_log_weight[f, a] - t * C[q0 + a]
+    return area_posteriors(reduction, k, keys, terms)
 
 
 @njit(cache=True, error_model="numpy")
@@ -802,9 +845,9 @@ def meanfield_query_loss_grad(method, reduction, A, B, B_self, s, k, grad_A_row,
             c1 = -1.0 if own else 0.0
             for a in range(keys.area_seg[j + 1] - keys.area_seg[j]):
                 q = keys.area_seg[j] + a
-                wa = h * G * terms.post[j, a]
+                wa = h * G * terms.post[q]
                 z = reduction.atom_z[first + j, a]
-                tm = terms.t_mu[j, a]
+                tm = terms.t_mu[q]
                 cl = c_phi + c1 * z * tm + 0.5 * tm * tm
                 cm = z * (c1 * z + tm)
                 X[q] += wa * t * (cm - cl)
