@@ -30,9 +30,10 @@ def test_vectorised_brute_force_agrees_with_oracle(two_cluster_model):
 
 def test_pair_count_matches_an_independent_count():
     """The throughput row divides by the (atom, key) pair evaluations of one gradient: count them
-    again from the NumPy reference's own grid, stopping where G(t) = e^{-tc} prod_keys phi falls
-    below G_STOP, with one pair per key (point-mass amplitudes)."""
-    from gradflow.theory.quadrature import G_STOP
+    again over the nodes of each query's rule (``quadrature.grid``: the count, not the rule, is
+    under test), stopping where G(t) = e^{-tc} prod_keys phi, computed here, falls below G_STOP,
+    with one pair per key (point-mass amplitudes)."""
+    from gradflow.theory.quadrature import G_STOP, GRID_STEP, grid, node
     m = DataModel(n_patches=9, mask_ratio=0.3, clusters=[Cluster(np.arange(9) % 3), Cluster(np.arange(9) // 5)])
     rng = np.random.default_rng(3)
     A, B = random_state(m, rng, 2.0)
@@ -46,8 +47,9 @@ def test_pair_count_matches_an_independent_count():
             la, lb = B[p, keys] + A[p, fidx[keys]], B[p, keys]
             lo = np.logaddexp.reduce(np.r_[B[p, p], np.minimum(la, lb)])
             hi = np.logaddexp.reduce(np.r_[B[p, p], np.maximum(la, lb)])
-            for sigma in references._nodes(lo, hi)[0]:
-                t = np.exp(sigma)
+            rule, offset, x0, n = grid(lo, hi, GRID_STEP)
+            for i in range(n):
+                t = np.exp(node(rule, offset, x0, GRID_STEP, i)[0])
                 expected += keys.sum()
                 G = np.exp(-t * np.exp(B[p, p])) * np.prod(g * np.exp(-t * np.exp(lb)) + (1 - g) * np.exp(-t * np.exp(la)))
                 if G < G_STOP:

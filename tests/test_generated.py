@@ -32,8 +32,8 @@ def test_quadrature_rule_construction_reproduces_a_tabulated_rule():
     from gradflow.theory import _quadrature_rules as table
     gen = load_source("derivations/quadrature_rules.py")
     row = 3
-    rank, nodes, weights, err = gen.build(float(table.SPREAD[row]))
-    assert nodes.size <= table.NODES[row] and nodes.size <= (rank + 1) // 2 + 1
+    rank, nodes, weights, err = gen.build(float(table.FAST_SPREAD[row]), "FAST")
+    assert nodes.size <= table.FAST_NODES[row] and nodes.size <= (rank + 1) // 2 + 1
     assert err <= 2e-12 and np.all(weights > 0)
-    n = table.NODES[row]
-    assert gen.check(table.SPREAD[row], table.LOG_T[row, :n], table.WEIGHT[row, :n]) <= 2e-12
+    n = table.FAST_NODES[row]
+    assert gen.check(table.FAST_SPREAD[row], table.FAST_LOG_T[row, :n], table.FAST_WEIGHT[row, :n]) <= 2e-12

@@ -11,12 +11,13 @@ Two rules, both written as nodes sigma_i = log t_i with weights h_i for integran
   near Q = 0): every integrand is a mixture of t^p e^{-tD}, p <= 2, and an n-point Gauss-Laguerre
   rule at the scale of D integrates them to ~1e-15 with n = 2 (D constant: exact) to 7 nodes
   instead of ~45 (tests/test_population.py checks both rules against each other and brute force).
-* **Generalized Gaussian** (the fast step only, log(D_max / D_min) up to 12): every integrand is a
-  mixture of (tD)^(p+1) e^{-tD} in sigma with D in [D_min, D_max] and p <= 2; a rule built for
-  that family (derivations/quadrature_rules.py, tabulated in ``_quadrature_rules``) integrates
-  each member to ~1e-12 with half as many nodes as the family's numerical rank: 13 nodes for a
-  spread of 1.75 and 23 for 4.5, where the double-exponential rule at step 0.3 takes ~28 and
-  ~37. A query takes it when it has fewer nodes than that rule.
+* **Generalized Gaussian** (log(D_max / D_min) up to 12): every integrand is a mixture of
+  (tD)^(p+1) e^{-tD} in sigma with D in [D_min, D_max] and p <= 2; rules built for that family
+  (derivations/quadrature_rules.py, tabulated in ``_quadrature_rules``) integrate each member to
+  ~5e-15 (fine) or ~1e-12 (fast) with about half as many nodes as the family's numerical rank (fast:
+  13 nodes for a spread of 1.75 and 23 for 4.5, where the double-exponential rule at step 0.3
+  takes ~28 and ~37; fine: 15 and 36, against ~50 and ~67 at step 0.2). A query takes one when
+  it has fewer nodes than the double-exponential rule of its step.
 """
 from __future__ import annotations
 
@@ -72,40 +73,47 @@ def _laguerre_tables():
 
 def _rule_tables():
     """Every tabulated rule as rows of (log t, weight in sigma): the Gauss-Laguerre rules first
-    (their sigma is relative to the middle of log D), then the generalized Gaussian ones (relative
-    to -log D_max), zero-padded to the longest."""
-    log_tau, weight = _laguerre_tables()
-    n_max = max(log_tau.shape[1], _quadrature_rules.LOG_T.shape[1])
+    (their sigma is relative to the middle of log D), then the generalized Gaussian ones of the
+    fine and of the fast rule (relative to -log D_max), zero-padded to the longest."""
+    tables = [_laguerre_tables()] + [(getattr(_quadrature_rules, f"{t}_LOG_T"), getattr(_quadrature_rules, f"{t}_WEIGHT"))
+                                     for t in ("FINE", "FAST")]
+    n_max = max(log_t.shape[1] for log_t, _ in tables)
     pad = lambda a: np.pad(a, ((0, 0), (0, n_max - a.shape[1])))       # noqa: E731
-    return (np.vstack([pad(log_tau), pad(_quadrature_rules.LOG_T)]),
-            np.vstack([pad(weight), pad(_quadrature_rules.WEIGHT)]))
+    return np.vstack([pad(log_t) for log_t, _ in tables]), np.vstack([pad(w) for _, w in tables])
 
 
 RULE_LOG_T, RULE_WEIGHT = _rule_tables()
 LAGUERRE_SPREAD = np.array([spread for spread, _ in LAGUERRE_RULES])
 LAGUERRE_NODES = np.array([n for _, n in LAGUERRE_RULES], dtype=np.int64)
-GAUSSIAN_FIRST = len(LAGUERRE_RULES)            # row of the first generalized Gaussian rule
-GAUSSIAN_SPREAD = _quadrature_rules.SPREAD
-GAUSSIAN_NODES = _quadrature_rules.NODES
+# rows of the generalized Gaussian rules of each step, their spreads and numbers of nodes
+FINE_FIRST = len(LAGUERRE_RULES)
+FINE_SPREAD = _quadrature_rules.FINE_SPREAD
+FINE_NODES = _quadrature_rules.FINE_NODES
+FAST_FIRST = FINE_FIRST + FINE_SPREAD.size
+FAST_SPREAD = _quadrature_rules.FAST_SPREAD
+FAST_NODES = _quadrature_rules.FAST_NODES
 
 
 @njit(cache=True, error_model="numpy")
 def grid(log_dmin, log_dmax, step):
     """(rule, sigma offset, first x, number of nodes) of the quadrature for one query, with the
-    double-exponential rule's ``step`` in x (the fast step may take a generalized Gaussian rule
-    instead, when it has fewer nodes)."""
+    double-exponential rule's ``step`` in x, or the step's generalized Gaussian rule when that has
+    fewer nodes."""
     spread = log_dmax - log_dmin
     for r in range(LAGUERRE_SPREAD.size):
         if spread <= LAGUERRE_SPREAD[r]:
             return r, -0.5 * (log_dmin + log_dmax), 0.0, LAGUERRE_NODES[r]
-    x0 = -math.log(GRID_LEFT if step <= GRID_STEP else GRID_LEFT_FAST)
+    fine = step <= GRID_STEP
+    x0 = -math.log(GRID_LEFT if fine else GRID_LEFT_FAST)
     n = int(math.ceil((spread + GRID_RIGHT - x0) / step)) + 1
-    if step > GRID_STEP:
-        for r in range(GAUSSIAN_SPREAD.size):
-            if spread <= GAUSSIAN_SPREAD[r]:
-                if GAUSSIAN_NODES[r] < n:
-                    return GAUSSIAN_FIRST + r, -log_dmax, 0.0, GAUSSIAN_NODES[r]
-                break
+    first = FINE_FIRST if fine else FAST_FIRST
+    spreads = FINE_SPREAD if fine else FAST_SPREAD
+    nodes = FINE_NODES if fine else FAST_NODES
+    for r in range(spreads.size):
+        if spread <= spreads[r]:
+            if nodes[r] < n:
+                return first + r, -log_dmax, 0.0, nodes[r]
+            break
     return DOUBLE_EXPONENTIAL, -log_dmax, x0, n
 
 
