@@ -51,7 +51,7 @@ def class_attention_along(states: State, method: str = OBSERVABLE_METHOD):
 def observed_states(result) -> State:
     """The states whose exact attention a result's observables are: its own, with the t-integrals'
     rule of the solve that produced them (``Solution.quadrature``; "fast" for large states: the
-    attention to ~1e-12, far inside the integrator's own tolerance, for 0.2-0.6 of the work)."""
+    attention to ~1e-12, far inside the integrator's own tolerance, for ~0.7 of the work)."""
     states = result.states
     rule = getattr(result, "quadrature", "fine")
     if rule == "fine":

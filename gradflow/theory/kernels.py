@@ -480,14 +480,14 @@ def area_terms(method, reduction, k, sigma, keys, terms, work):
 
     Per pair (ta, tb, u, w) go to ``work.stored`` and the column sums to ``work.columns``,
     per segment their sums to ``work.sums``; per area and atom, log prod_r phi_r^{m'_r} =
-    sum_r m'_r (log psi_r - shift_r); the atoms' posterior comes from one log-sum-exp per area.
+    sum_r m'_r (log psi_r - shift_r); the atoms' posterior comes from one log-sum-exp per area
+    (``area_posteriors``).
     """
     gamma = reduction.mask_ratio
     pair_pass(method, math.exp(sigma), sigma, gamma, keys, work.stored, work.columns, work.logs)
     sums = work.sums
     segment_sums(method, gamma, keys, work.stored, work.columns, work.logs, sums)
     first = reduction.feature_start[k]
-    total = 0.0
     for j in range(keys.area_seg.size - 1):
         f = first + j
         q0 = keys.area_seg[j]

@@ -1,6 +1,6 @@
 """The t-grid of the integrals 1/D = int e^{-tD} dt, 1/D^2 = int t e^{-tD} dt (docs/model.md s. 4).
 
-Two rules, both written as nodes sigma_i = log t_i with weights h_i for integrands in sigma:
+Three kinds of rule, all written as nodes sigma_i = log t_i with weights h_i for integrands in sigma:
 
 * **Double exponential** (any spread of D). In sigma the integrand decays like e^sigma to the
   left of -log D_max and like exp(-e^(sigma + log D_min)) to the right. A second substitution
@@ -34,8 +34,8 @@ GRID_STEP = 0.2     # step in x: ~1e-15 relative accuracy (the default everywher
 # below, ~0.62 of the nodes, the loss to ~1e-11 (absolute) and the gradient to ~1e-8 of its
 # largest entry (measured on 14 x 14, 8 x 8 and 6 x 6 Voronoi models late in a flow: loss <=
 # 1.5e-11, gradient <= 9e-9 at 0.3, against 4.6e-10 / 1.3e-7 at 0.35 and 1e-8 / 2e-6 at 0.4).
-# The fast rule takes the generalized Gaussian rules where they are shorter; together: 0.2-0.6
-# of the fine rule's nodes, the loss to ~2e-12 and the gradient to ~2e-8 of its largest entry,
+# Both steps take their generalized Gaussian rules where those are shorter; the fast rule then
+# needs ~0.7 of the fine rule's nodes (late in the 14 x 14 flow: 16 against 22.5 a query), the loss to ~2e-12 and the gradient to ~2e-8 of its largest entry,
 # ~3e-7 at a mask ratio of 0.05 (tests/test_population.py holds the two rules to that)
 GRID_STEP_FAST = 0.3
 GRID_LEFT = 40.0    # first node at e^{-x} = GRID_LEFT: integrand ~ e^{-40} there
