@@ -70,6 +70,32 @@ def meanfield_loss(model, A, B):
     return total
 
 
+def meanfield_loss_mp(model, A, B, dps=40):
+    """``meanfield_loss`` in mpmath at ``dps`` digits: for states whose weights overflow float64."""
+    import mpmath as mp
+    mp.mp.dps = dps
+    P, gamma = model.n_patches, mp.mpf(model.mask_ratio)
+    total = mp.mpf(0)
+    for k, cl in enumerate(model.clusters):
+        fidx = [model.feature_index(k, j) for j in cl.areas]
+        zs, zp = _atoms(cl)
+        for z, wz in zip(zs, zp):
+            zpos = [mp.mpf(float(v)) for v in z[cl.areas]]
+            for p in range(P):
+                others = [q for q in range(P) if q != p]
+                D = mp.exp(mp.mpf(float(B[p, p])))
+                N = [mp.mpf(0)] * cl.n_areas
+                for q in others:
+                    beta = mp.exp(mp.mpf(float(B[p, q])))
+                    alpha = mp.exp(mp.mpf(float(B[p, q])) + zpos[q] * mp.mpf(float(A[p, fidx[q]])))
+                    D += gamma * beta + (1 - gamma) * alpha
+                    N[cl.areas[q]] += zpos[q] * (1 - gamma) * alpha
+                j0 = cl.areas[p]
+                loss = (zpos[p] ** 2 - 2 * zpos[p] * N[j0] / D + sum(n * n for n in N) / D**2) / 2
+                total += mp.mpf(float(model.probs[k] * wz)) * gamma * loss
+    return total
+
+
 def brute_force_loss_mp(model, A, B, dps=50, direction=None, eps=0):
     """The brute-force loss in mpmath at ``dps`` digits: a reference for extreme states where
     float64 softmax itself loses digits. With ``direction`` (dA, dB) the state is moved by

@@ -799,7 +799,9 @@ def meanfield_node(reduction, k, keys, t, C, M, terms):
         f = first + j
         q0 = keys.area_seg[j]
         for a in range(keys.area_seg[j + 1] - q0):
-            terms.t_mu[q0 + a] = reduction.atom_z[f, a] * t * M[q0 + a]
+            # capped as the exact path caps t alpha: an atom whose t M passes T_CAP has posterior
+            # e^{-t C} = 0 (C >= M), and its (t mu)^2 must stay finite, not 0 * inf = NaN
+            terms.t_mu[q0 + a] = reduction.atom_z[f, a] * min(t * M[q0 + a], T_CAP)
             terms.t2_var[q0 + a] = 0.0                    # the counts are at their means
             terms.log_post[q0 + a] = reduction.atom_log_weight[f, a] - t * C[q0 + a]
     return area_posteriors(reduction, k, keys, terms)
