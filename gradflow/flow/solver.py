@@ -40,8 +40,8 @@ MAX_NFEV = 200_000   # default budget of gradient evaluations: an extreme, stiff
 # read to ~0.3% by interpolation): rtol 1e-5 above, 1e-8 for the small states.
 AUTO_LSODA_MAX = 2000
 RTOL_SMALL, RTOL_LARGE = 1e-8, 1e-5
-# quadrature="auto" takes the coarser t-grid (gradient to ~1e-8 of its largest entry, ~0.6 of the
-# nodes) for flows integrated at rtol >= this: their steps err by far more than that
+# quadrature="auto" takes the fast rule (gradient to ~2e-8 of its largest entry, ~0.7 of the fine
+# rule's nodes) for flows integrated at rtol >= this: their steps err by far more than that
 FAST_QUADRATURE_RTOL = 1e-6
 QUADRATURES = ("auto", "fine", "fast")
 T_RANGE = (1e-9, 1e15)           # accepted t_max (and output times): beyond, no integrator copes
@@ -182,8 +182,8 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
         tends to 0, compares with L(0) instead of L (docs/model.md section 7).
     quadrature : {"auto", "fine", "fast"}
         Accuracy of the t-integrals in the gradient (docs/model.md section 4): "fine" to ~1e-15;
-        "fast" with ~0.6 of the nodes, the gradient to ~1e-8 of its largest entry (~3e-7 at a
-        mask ratio of 0.05); "auto" (default) takes "fast" when rtol >= 1e-6 (the large states'
+        "fast" with ~0.7 of the fine rule's nodes, the loss to ~1e-12 and the gradient to ~2e-8 of
+        its largest entry (~3e-7 at a mask ratio of 0.05); "auto" (default) takes "fast" when rtol >= 1e-6 (the large states'
         default, 1e-5: the integrator's own error is far larger) and "fine" otherwise. The Solution's observables
         keep its rule: the attention at the step ends (``step_masses``) and at the output times
         (attention by area, targets, phases, diversity); so does the loss the gradient passes

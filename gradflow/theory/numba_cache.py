@@ -1,8 +1,8 @@
 """Keep Numba's on-disk cache from serving machine code compiled from older sources.
 
 Numba checks a cached function only against the file it is defined in. The exact kernels
-compile in code from three other files (SymPy's ``_generated``, ``quadrature``,
-``vector_math``), and ``analysis.bench`` compiles in the kernels: after one of those files
+compile in code from four other files (SymPy's ``_generated``, ``quadrature`` and its tables
+``_quadrature_rules``, ``vector_math``), and ``analysis.bench`` compiles in the kernels: after one of those files
 changes (``derivations/generate.py`` rewrites ``_generated.py``; any edit), the cache would go
 on returning the old numbers, silently (measured: a changed pair layout in ``kernels.py`` left
 ``bench.count_pair_evaluations`` counting the old one). ``refresh`` stores a digest of every

@@ -10,14 +10,15 @@ Three kinds of rule, all written as nodes sigma_i = log t_i with weights h_i for
 * **Gauss-Laguerre** when D hardly varies over masks and atoms (log(D_max / D_min) <= 0.15, as
   near Q = 0): every integrand is a mixture of t^p e^{-tD}, p <= 2, and an n-point Gauss-Laguerre
   rule at the scale of D integrates them to ~1e-15 with n = 2 (D constant: exact) to 7 nodes
-  instead of ~45 (tests/test_population.py checks both rules against each other and brute force).
+  instead of ~45 (tests/test_population.py checks the rules against each other and brute force).
 * **Generalized Gaussian** (log(D_max / D_min) up to 12): every integrand is a mixture of
   (tD)^(p+1) e^{-tD} in sigma with D in [D_min, D_max] and p <= 2; rules built for that family
   (derivations/quadrature_rules.py, tabulated in ``_quadrature_rules``) integrate each member to
-  ~5e-15 (fine) or ~1e-12 (fast) with about half as many nodes as the family's numerical rank (fast:
-  13 nodes for a spread of 1.75 and 23 for 4.5, where the double-exponential rule at step 0.3
-  takes ~28 and ~37; fine: 15 and 36, against ~50 and ~67 at step 0.2). A query takes one when
-  it has fewer nodes than the double-exponential rule of its step.
+  ~1e-12 (fast) with half as many nodes as the family's numerical rank, or to 5e-15 (fine) with
+  somewhat more (double precision stops the construction earlier): fast, 13 nodes for a spread of
+  1.75 and 23 for 4.5, where the double-exponential grid at step 0.3 has 35 and 44 (~28 and ~37
+  before its early stop); fine, 15 and 36, against 54 and 67 at step 0.2. A query takes one when
+  it has fewer nodes than the double-exponential grid of its step.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ GRID_STEP_FAST = 0.3
 GRID_LEFT = 40.0    # first node at e^{-x} = GRID_LEFT: integrand ~ e^{-40} there
 GRID_RIGHT = 5.0    # last node at sigma >= -log D_min + GRID_RIGHT
 T_CAP = 1e100       # t*w beyond this has e^{-t w} == 0 exactly; the cap keeps products finite
-# G(t) = E[e^{-tD}] decreases in t; once below this, every later node adds less than ~e G of the
-# z^2 scale (the mask configurations left have probability <= e G(t)), so the grid stops there
+# G(t) = E[e^{-tD}] decreases in t; once below this, the later nodes together add a modest
+# multiple of G times the z^2 scale (the mask configurations left have probability <= e G(t);
+# measured late in the 14 x 14 flow: 20-130 G), so the grid stops there
 G_STOP = 1e-20
 # the fast step's grid starts at e^{-x} = 25 and stops at G < 1e-15: 7% fewer nodes than with
 # 40 and 1e-20, and no less accurate (measured on 6 x 6, 8 x 8 and 14 x 14 Voronoi models late
@@ -54,7 +56,8 @@ G_STOP_FAST = 1e-15
 DOUBLE_EXPONENTIAL = -1
 # Gauss-Laguerre rules: (largest log(D_max / D_min), number of nodes), measured to give a relative
 # error <= 1e-15 on t^p e^{-tD}, p = 0, 1, 2, over the whole range of D (the scale is its
-# geometric middle); beyond the last one the double-exponential rule takes over
+# geometric middle); beyond the last one, the step's generalized Gaussian rule or the
+# double-exponential one, whichever is shorter
 LAGUERRE_RULES = ((0.0, 2), (0.02, 5), (0.15, 7))
 
 
