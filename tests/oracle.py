@@ -70,29 +70,36 @@ def meanfield_loss(model, A, B):
     return total
 
 
+def _mp_atoms(model):
+    """(cluster index, cluster, feature of every patch, amplitude of every patch in mpmath, the
+    joint atom's probability) for every joint amplitude atom of every cluster."""
+    import mpmath as mp
+    for k, cl in enumerate(model.clusters):
+        fidx = [model.feature_index(k, j) for j in cl.areas]
+        zs, zp = _atoms(cl)
+        for z, wz in zip(zs, zp):
+            yield k, cl, fidx, [mp.mpf(float(z[a])) for a in cl.areas], wz
+
+
 def meanfield_loss_mp(model, A, B, dps=40):
     """``meanfield_loss`` in mpmath at ``dps`` digits: for states whose weights overflow float64."""
     import mpmath as mp
     mp.mp.dps = dps
     P, gamma = model.n_patches, mp.mpf(model.mask_ratio)
     total = mp.mpf(0)
-    for k, cl in enumerate(model.clusters):
-        fidx = [model.feature_index(k, j) for j in cl.areas]
-        zs, zp = _atoms(cl)
-        for z, wz in zip(zs, zp):
-            zpos = [mp.mpf(float(v)) for v in z[cl.areas]]
-            for p in range(P):
-                others = [q for q in range(P) if q != p]
-                D = mp.exp(mp.mpf(float(B[p, p])))
-                N = [mp.mpf(0)] * cl.n_areas
-                for q in others:
-                    beta = mp.exp(mp.mpf(float(B[p, q])))
-                    alpha = mp.exp(mp.mpf(float(B[p, q])) + zpos[q] * mp.mpf(float(A[p, fidx[q]])))
-                    D += gamma * beta + (1 - gamma) * alpha
-                    N[cl.areas[q]] += zpos[q] * (1 - gamma) * alpha
-                j0 = cl.areas[p]
-                loss = (zpos[p] ** 2 - 2 * zpos[p] * N[j0] / D + sum(n * n for n in N) / D**2) / 2
-                total += mp.mpf(float(model.probs[k] * wz)) * gamma * loss
+    for k, cl, fidx, zpos, wz in _mp_atoms(model):
+        for p in range(P):
+            others = [q for q in range(P) if q != p]
+            D = mp.exp(mp.mpf(float(B[p, p])))
+            N = [mp.mpf(0)] * cl.n_areas
+            for q in others:
+                beta = mp.exp(mp.mpf(float(B[p, q])))
+                alpha = mp.exp(mp.mpf(float(B[p, q])) + zpos[q] * mp.mpf(float(A[p, fidx[q]])))
+                D += gamma * beta + (1 - gamma) * alpha
+                N[cl.areas[q]] += zpos[q] * (1 - gamma) * alpha
+            j0 = cl.areas[p]
+            loss = (zpos[p] ** 2 - 2 * zpos[p] * N[j0] / D + sum(n * n for n in N) / D**2) / 2
+            total += mp.mpf(float(model.probs[k] * wz)) * gamma * loss
     return total
 
 
@@ -113,28 +120,24 @@ def brute_force_loss_mp(model, A, B, dps=50, direction=None, eps=0):
         B = [[mp.mpf(float(x)) for x in row] for row in np.asarray(B)]
     P, gamma = model.n_patches, mp.mpf(model.mask_ratio)
     total = mp.mpf(0)
-    for k, cl in enumerate(model.clusters):
-        fidx = [model.feature_index(k, j) for j in cl.areas]
-        zs, zp = _atoms(cl)
-        for z, wz in zip(zs, zp):
-            zpos = [mp.mpf(float(z[a])) for a in cl.areas]
-            for mask in itertools.product([0, 1], repeat=P):
-                pm = mp.mpf(1)
-                for x in mask:
-                    pm *= gamma if x else 1 - gamma
-                for p in range(P):
-                    if not mask[p]:
-                        continue
-                    scores = [B[p][q] + (0 if mask[q] else zpos[q] * A[p][fidx[q]]) for q in range(P)]
-                    top = max(scores)
-                    e = [mp.exp(s - top) for s in scores]
-                    tot = sum(e)
-                    share = [mp.mpf(0)] * cl.n_areas
-                    for q in range(P):
-                        if not mask[q]:
-                            share[cl.areas[q]] += e[q] / tot * zpos[q]
-                    err = sum(s * s for s in share) - 2 * zpos[p] * share[cl.areas[p]] + zpos[p] ** 2
-                    total += mp.mpf(float(model.probs[k])) * mp.mpf(float(wz)) * pm * err / 2
+    for k, cl, fidx, zpos, wz in _mp_atoms(model):
+        for mask in itertools.product([0, 1], repeat=P):
+            pm = mp.mpf(1)
+            for x in mask:
+                pm *= gamma if x else 1 - gamma
+            for p in range(P):
+                if not mask[p]:
+                    continue
+                scores = [B[p][q] + (0 if mask[q] else zpos[q] * A[p][fidx[q]]) for q in range(P)]
+                top = max(scores)
+                e = [mp.exp(s - top) for s in scores]
+                tot = sum(e)
+                share = [mp.mpf(0)] * cl.n_areas
+                for q in range(P):
+                    if not mask[q]:
+                        share[cl.areas[q]] += e[q] / tot * zpos[q]
+                err = sum(s * s for s in share) - 2 * zpos[p] * share[cl.areas[p]] + zpos[p] ** 2
+                total += mp.mpf(float(model.probs[k])) * mp.mpf(float(wz)) * pm * err / 2
     return total
 
 
