@@ -56,6 +56,18 @@ SPREADS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5
 OUT = Path(__file__).resolve().parent.parent / "gradflow" / "theory" / "_quadrature_rules.py"
 
 
+def members(spread: float, n_d: int):
+    """(log D, p) of the members f_{D,p}: n_d values of D over [e^-spread, 1] for every p."""
+    return np.tile(np.linspace(-spread, 0.0, n_d), len(POWERS)), np.repeat(np.array(POWERS), n_d)
+
+
+def member_values(log_d: np.ndarray, p: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """f_{D,p}(sigma) = (tD)^(p+1) e^{-tD} / p! for every member: (members, points)."""
+    tau = np.exp(log_d[:, None] + sigma[None, :])
+    norm = np.array([1.0 / math.factorial(int(q)) for q in p])
+    return norm[:, None] * tau ** (p[:, None] + 1) * np.exp(-tau)
+
+
 class Family:
     """f_{D,p} for D on a grid over [e^-s, 1], p in POWERS, and an orthonormal basis of their span.
 
@@ -66,17 +78,14 @@ class Family:
 
     def __init__(self, spread: float, eps: float, n_d: int = N_D):
         self.spread = spread
-        log_d = np.linspace(-spread, 0.0, n_d)
-        self.p = np.repeat(np.array(POWERS), n_d)
-        self.ld = np.tile(log_d, len(POWERS))
-        self.norm = np.array([1.0 / math.factorial(p) for p in self.p])
+        self.ld, self.p = members(spread, n_d)
         self.lo, self.hi = LEFT, spread + math.log(RIGHT_TAIL)
         self.n_panels = int(math.ceil((self.hi - self.lo) / PANEL))
         u, w = np.polynomial.legendre.leggauss(PANEL_POINTS)
         left = self.lo + PANEL * np.arange(self.n_panels)
         self.sigma = (left[:, None] + 0.5 * PANEL * (u[None, :] + 1.0)).ravel()
         sqrt_w = np.sqrt(np.tile(0.5 * PANEL * w, self.n_panels))
-        F = self.values(self.sigma) * sqrt_w                # (members, points)
+        F = member_values(self.ld, self.p, self.sigma) * sqrt_w     # (members, points)
         _, S, Vt = np.linalg.svd(F, full_matrices=False)
         n = int((S > eps * S[0]).sum())
         samples = Vt[:n] / sqrt_w                           # basis_i at the points (orthonormal)
@@ -84,11 +93,6 @@ class Family:
         # Legendre coefficients per panel: (n, panels, PANEL_POINTS)
         V_inv = np.linalg.inv(np.polynomial.legendre.legvander(u, PANEL_POINTS - 1))
         self.leg = np.einsum("dq,ikq->ikd", V_inv, samples.reshape(n, self.n_panels, PANEL_POINTS))
-
-    def values(self, sigma: np.ndarray) -> np.ndarray:
-        """f_j(sigma) for every member j: (members, points)."""
-        tau = np.exp(self.ld[:, None] + sigma[None, :])
-        return self.norm[:, None] * tau ** (self.p[:, None] + 1) * np.exp(-tau)
 
     def _local(self, sigma):
         sigma = np.clip(sigma, self.lo, self.hi - 1e-12)
@@ -169,12 +173,7 @@ def eliminate(family, nodes, weights, tol, tries=8):
 
 def check(spread, nodes, weights, n_d=517):
     """Worst relative error on members of the family not used to build the rule."""
-    fam = Family.__new__(Family)
-    fam.log_d = np.linspace(-spread, 0.0, n_d)
-    fam.p = np.repeat(np.array(POWERS), n_d)
-    fam.ld = np.tile(fam.log_d, len(POWERS))
-    fam.norm = np.array([1.0 / math.factorial(p) for p in fam.p])
-    return float(np.abs(fam.values(nodes) @ weights - 1.0).max())
+    return float(np.abs(member_values(*members(spread, n_d), nodes) @ weights - 1.0).max())
 
 
 def build(spread, table="FAST"):
