@@ -260,65 +260,85 @@ def query_keys(reduction, A, B, B_self, s, k):
     # one exp per key and one per atom, not one per (atom, key) pair: alpha = beta e^{z_a A} where
     # all three are safely finite (else alpha from its log, and 0 past the range)
     tilt = np.empty(reduction.atom_z.shape[1])     # e^{z_a A[s, f]} of the area's atoms
-    key_beta = np.empty(largest_area)              # e^{B[s, r]} of the area's keys
+    # the area's keys with m' > 0 in column order (small classes first): class, m', B[s, r], e^{B}
+    key_r = np.empty(largest_area, np.int64)
+    key_m = np.empty(largest_area)
+    key_lb = np.empty(largest_area)
+    key_beta = np.empty(largest_area)
     for f in range(first, stop):
         area_seg[f - first] = q
+        n_keys = 0
+        n_small = 0
+        for small_classes in (True, False):
+            for ii in range(reduction.area_start[f], reduction.area_stop[f]):
+                r = reduction.keys_by_area[k, ii]
+                m = reduction.other_keys[s, r]
+                if m > 0.0 and _small(m) == small_classes:
+                    key_r[n_keys] = r
+                    key_m[n_keys] = m
+                    key_lb[n_keys] = B[s, r]
+                    key_beta[n_keys] = _linear(B[s, r])
+                    n_keys += 1
+            if small_classes:
+                n_small = n_keys
+        # the atoms' tilts, and the extreme log and linear weights over atoms of every key: its
+        # beta or its alpha of the atom with the smallest (largest) z_a A
+        za_lo = 0.0
+        za_hi = 0.0
+        tilt_lo = 1.0
+        tilt_hi = 1.0
+        tilts_finite = True
         for a in range(reduction.n_atoms[f]):
-            tilt[a] = _linear(reduction.atom_z[f, a] * A[s, f])
-        for ii in range(reduction.area_start[f], reduction.area_stop[f]):
-            key_beta[ii - reduction.area_start[f]] = _linear(B[s, reduction.keys_by_area[k, ii]])
+            za = reduction.atom_z[f, a] * A[s, f]
+            tilt[a] = _linear(za)
+            za_lo = min(za_lo, za)
+            za_hi = max(za_hi, za)
+            tilt_lo = min(tilt_lo, tilt[a])
+            tilt_hi = max(tilt_hi, tilt[a])
+            tilts_finite = tilts_finite and tilt[a] > 0.0
         for a in range(reduction.n_atoms[f]):
             z = reduction.atom_z[f, a]
             seg_col[q] = col
-            for small_classes in (True, False):          # keys of small classes first
-                if not small_classes:
-                    seg_multi[q] = col
-                slot = 0                # the slot-th key goes to lane slot % L of column col + slot // L
-                for ii in range(reduction.area_start[f], reduction.area_stop[f]):
-                    r = reduction.keys_by_area[k, ii]
-                    m = reduction.other_keys[s, r]
-                    if m <= 0.0 or _small(m) != small_classes:
-                        continue
-                    lane, c = slot % n_lanes, col + slot // n_lanes
-                    slot += 1
-                    lb = B[s, r]
-                    la = lb + z * A[s, f]
-                    pair_class[lane, c] = r
-                    pair_m[lane, c] = m
-                    pair_z[lane, c] = z
-                    log_beta[lane, c] = lb
-                    beta[lane, c] = key_beta[ii - reduction.area_start[f]]
-                    log_alpha[lane, c] = la
-                    alpha[lane, c] = (beta[lane, c] * tilt[a] if beta[lane, c] > 0.0 and tilt[a] > 0.0
-                                      and -600.0 < la < 600.0 else _linear(la))
-                    if beta[lane, c] == 0.0 or alpha[lane, c] == 0.0:
-                        all_linear = False
-                col += _columns(slot, n_lanes)
+            col_small = col + _columns(n_small, n_lanes)
+            seg_multi[q] = col_small
+            for i in range(n_keys):
+                # the slot-th key of its group goes to lane slot % L of the group's column slot // L
+                slot = i if i < n_small else i - n_small
+                lane, c = slot % n_lanes, (col if i < n_small else col_small) + slot // n_lanes
+                lb = key_lb[i]
+                la = lb + z * A[s, f]
+                pair_class[lane, c] = key_r[i]
+                pair_m[lane, c] = key_m[i]
+                pair_z[lane, c] = z
+                log_beta[lane, c] = lb
+                beta[lane, c] = key_beta[i]
+                log_alpha[lane, c] = la
+                alpha[lane, c] = (key_beta[i] * tilt[a] if key_beta[i] > 0.0 and tilt[a] > 0.0
+                                  and -600.0 < la < 600.0 else _linear(la))
+                if beta[lane, c] == 0.0 or alpha[lane, c] == 0.0:
+                    all_linear = False
+            col = col_small + _columns(n_keys - n_small, n_lanes)
             q += 1
         # D bounds from the keys of the area (each key's smallest and largest weight over atoms)
-        for ii in range(reduction.area_start[f], reduction.area_stop[f]):
-            r = reduction.keys_by_area[k, ii]
-            m = reduction.other_keys[s, r]
-            if m <= 0.0:
-                continue
-            lb = B[s, r]
-            amin = lb
-            amax_r = lb
-            for a in range(reduction.n_atoms[f]):
-                la = lb + reduction.atom_z[f, a] * A[s, f]
-                amin = min(amin, la)
-                amax_r = max(amax_r, la)
+        for i in range(n_keys):
+            m, lb, b = key_m[i], key_lb[i], key_beta[i]
+            amin = lb + za_lo
+            amax_r = lb + za_hi
             if linear and -600.0 < amin and amax_r < 600.0:      # every weight of this key safely finite
-                # e^{amin}, e^{amax}: the key's smallest and largest linear weight (exp is monotone)
-                b = key_beta[ii - reduction.area_start[f]]
-                w_min = b
-                w_max = b
-                for a in range(reduction.n_atoms[f]):
-                    w = b * tilt[a] if b > 0.0 and tilt[a] > 0.0 else _linear(lb + reduction.atom_z[f, a] * A[s, f])
-                    w_min = min(w_min, w)
-                    w_max = max(w_max, w)
-                d_min += m * w_min
-                d_max += m * w_max
+                if b > 0.0 and tilts_finite:
+                    # exp is monotone: the smallest (largest) linear weight is b times the
+                    # smallest (largest) tilt, or b itself
+                    d_min += m * (b * tilt_lo)
+                    d_max += m * (b * tilt_hi)
+                else:
+                    w_min = _linear(lb)
+                    w_max = w_min
+                    for a in range(reduction.n_atoms[f]):
+                        w = _linear(lb + reduction.atom_z[f, a] * A[s, f])
+                        w_min = min(w_min, w)
+                        w_max = max(w_max, w)
+                    d_min += m * w_min
+                    d_max += m * w_max
             else:
                 if linear:              # switch to logs, carrying the linear sums over
                     lo = logaddexp(lo, math.log(d_min)) if d_min > 0.0 else lo
