@@ -301,12 +301,11 @@ def test_observables_of_a_solve_use_its_quadrature():
     from gradflow.flow.observables import area_masses, attention_diversity
     from gradflow.presets import voronoi
     from gradflow.theory.population import attention_by_area
-    from gradflow.theory.state import State
     model = voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=1)
     sol = gradflow.solve(model, 50.0, quadrature="fast", progress=False)
     assert sol.quadrature == "fast"
     states = sol.states
-    fast = State(states.reduction.with_quadrature("fast"), states.A_classes, states.B_classes, states.B_self)
+    fast = states.with_quadrature("fast")
     by_area_fast, _ = attention_by_area(fast, "exact")
     by_area_fine, _ = attention_by_area(states, "exact")
     got = area_masses(sol).by_area

@@ -158,7 +158,7 @@ def test_the_fast_quadrature_stays_within_its_stated_accuracy(seed, mask_ratio):
     reduction = signature_reduction(model)
     fine = trained_like_state(reduction, seed=seed)
     fine = State(reduction, fine.A_classes * (1 + seed), fine.B_classes * (1 + seed), fine.B_self)
-    fast = State(reduction.with_quadrature("fast"), fine.A_classes, fine.B_classes, fine.B_self)
+    fast = fine.with_quadrature("fast")
     L, g = loss_and_gradient(fine)
     L2, g2 = loss_and_gradient(fast)
     low = mask_ratio < 0.3
@@ -191,6 +191,66 @@ def test_classes_of_every_size_equal_brute_force_and_the_per_position_kernel():
     state = State(reduction, rng.normal(size=(S, F)), rng.normal(size=(S, S)), rng.normal(size=S))
     value, grad = loss_and_gradient(state)
     assert value == pytest.approx(brute_force_loss(m, state.A, state.B), rel=1e-12)
-    gA, gB = population_grad(m, state.A, state.B)
+    _, per_position = loss_and_gradient(State.from_positions(m, state.A, state.B))
+    gA, gB = per_position.A, per_position.B
+    assert per_position.reduction.n_classes == P
     assert np.allclose(gA, grad.A, rtol=0, atol=1e-13 * np.abs(gA).max())
     assert np.allclose(gB, grad.B, rtol=0, atol=1e-13 * np.abs(gB).max())
+
+
+def test_the_per_position_api_takes_symmetric_states_on_their_classes():
+    """A, B equal within the signature classes (as a Solution's) are evaluated on the classes,
+    anything else per position; both give the same loss, gradient and attention (to rounding),
+    and one unequal entry anywhere, a within-class pair of B included, sends a state per
+    position."""
+    from gradflow.presets import voronoi
+    from gradflow.theory.per_position import evaluated_state
+    from gradflow.theory.population import attention_maps, loss_and_gradient
+    from gradflow.theory.reduction import signature_reduction
+    from gradflow.theory.state import State
+    m = voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=2, mask_ratio=0.4)
+    reduction = signature_reduction(m)
+    S, F, P = reduction.n_classes, reduction.n_features, m.n_patches
+    assert S < P and reduction.class_size.max() >= 2
+    rng = np.random.default_rng(5)
+    symmetric = State(reduction, rng.normal(size=(S, F)), rng.normal(size=(S, S)), rng.normal(size=S))
+    A, B = symmetric.A, symmetric.B
+    on_classes = evaluated_state(m, A, B)
+    assert on_classes.reduction.n_classes == S
+    forced = State.from_positions(m, A, B)
+    assert forced.reduction.n_classes == P
+    L, (gA, gB) = population_loss(m, A, B), population_grad(m, A, B)
+    L_ref, g_ref = loss_and_gradient(forced)
+    assert L == pytest.approx(L_ref, rel=1e-13)
+    assert np.max(np.abs(gA - g_ref.A)) <= 1e-13 * np.abs(g_ref.A).max()
+    assert np.max(np.abs(gB - g_ref.B)) <= 1e-13 * np.abs(g_ref.B).max()
+    att, att_ref = expected_attention(m, A, B), attention_maps(forced)
+    assert np.max(np.abs(att - att_ref)) <= 1e-13
+    # one entry off: A, the diagonal of B, B between classes, B within a class
+    s2 = int(np.flatnonzero(reduction.class_size >= 2)[0])
+    p, q = np.flatnonzero(reduction.class_of == s2)[:2]
+    r = int(np.flatnonzero(reduction.class_of != s2)[0])
+    for which, index in (("A", (p, 0)), ("B", (p, p)), ("B", (p, r)), ("B", (p, q))):
+        A2, B2 = A.copy(), B.copy()
+        (A2 if which == "A" else B2)[index] += 1e-9
+        assert evaluated_state(m, A2, B2).reduction.n_classes == P, (which, index)
+        assert population_loss(m, A2, B2) == pytest.approx(L, abs=1e-7)
+
+
+def test_the_per_position_api_takes_the_fast_rule_when_asked():
+    """quadrature="fast" evaluates with the fast rule, within its stated accuracy of the fine one;
+    a rule it does not know is refused by name."""
+    from gradflow.errors import InvalidInputError
+    from gradflow.presets import voronoi
+    from gradflow.theory.per_position import evaluated_state
+    m = voronoi(grid=(6, 6), n_clusters=3, n_regions=4, seed=4, mask_ratio=0.5)
+    rng = np.random.default_rng(0)
+    A, B = rng.normal(size=(m.n_patches, m.n_features)), rng.normal(size=(m.n_patches, m.n_patches))
+    assert evaluated_state(m, A, B, "fast").reduction.grid_step > evaluated_state(m, A, B).reduction.grid_step
+    L, L_fast = population_loss(m, A, B), population_loss(m, A, B, quadrature="fast")
+    assert L_fast != L and L_fast == pytest.approx(L, abs=1e-10)
+    (gA, gB), (fA, fB) = population_grad(m, A, B), population_grad(m, A, B, quadrature="fast")
+    assert np.max(np.abs(fA - gA)) <= 1e-7 * np.abs(gA).max()
+    assert np.max(np.abs(fB - gB)) <= 1e-7 * np.abs(gB).max()
+    with pytest.raises(InvalidInputError, match="quadrature"):
+        population_grad(m, A, B, quadrature="coarse")

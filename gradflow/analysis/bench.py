@@ -242,7 +242,7 @@ def bench_vit_scale(row, quick):
     row("14x14, 16 Voronoi layouts: exact gradient at Q = 0", best_time(lambda: loss_and_gradient(zero)), "s", note)
     row("14x14, 16 Voronoi layouts: exact gradient, late-flow state", best_time(lambda: loss_and_gradient(late),
                                                                            repeat=2), "s", "fine quadrature (the default)")
-    late_fast = _State(reduction.with_quadrature("fast"), late.A_classes, late.B_classes, late.B_self)
+    late_fast = late.with_quadrature("fast")
     row("14x14: exact gradient, late-flow state, fast quadrature", best_time(lambda: loss_and_gradient(late_fast),
                                                                              repeat=3), "s", "the rule a large solve uses")
     row("14x14: mean-field gradient, late-flow state", best_time(lambda: loss_and_gradient(late, "meanfield")), "s")
@@ -265,7 +265,7 @@ def bench_vit_scale(row, quick):
     big_late = trained_like_state(big_reduction)
     row("32x32, 16 Voronoi layouts: exact gradient, late-flow state",
         best_time(lambda: loss_and_gradient(big_late), repeat=1), "s", f"S={big_reduction.n_classes}, fine quadrature")
-    big_fast = _State(big_reduction.with_quadrature("fast"), big_late.A_classes, big_late.B_classes, big_late.B_self)
+    big_fast = big_late.with_quadrature("fast")
     row("32x32: exact gradient, late-flow state, fast quadrature", best_time(lambda: loss_and_gradient(big_fast),
                                                                              repeat=1), "s")
     start = time.perf_counter()

@@ -56,7 +56,7 @@ def observed_states(result) -> State:
     rule = getattr(result, "quadrature", "fine")
     if rule == "fine":
         return states
-    return State(states.reduction.with_quadrature(rule), states.A_classes, states.B_classes, states.B_self)
+    return states.with_quadrature(rule)
 
 
 def own_area(by_area: np.ndarray, reduction: Reduction) -> np.ndarray:

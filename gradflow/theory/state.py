@@ -67,6 +67,35 @@ class State:
         np.fill_diagonal(B_off, 0.0)
         return cls(reduction, A, B_off, np.ascontiguousarray(np.diag(B)))
 
+    def on_classes(self, reduction: Reduction) -> "State | None":
+        """This single per-position state on ``reduction``'s (coarser) classes when it is exactly
+        equal within them: A within every class, B within every pair of classes and on the
+        diagonal of each (as a state a symmetric flow reached, e.g. ``Solution.A[i]``,
+        ``Solution.B[i]``); else None. Exchangeable positions stay exchangeable, so every
+        expectation of the state is then the same on the classes, for a fraction of the work."""
+        if self.shape or self.reduction.n_classes != self.reduction.n_positions:
+            raise InvalidInputError("on_classes needs a single per-position state")
+        c = reduction.class_of
+        rep = reduction.representative()
+        # a second member of every class, for B between distinct members (itself for a single one,
+        # whose within-class entry no key ever reads)
+        second = rep.copy()
+        later = np.flatnonzero(np.arange(c.size) != rep[c])
+        second[c[later[::-1]]] = later[::-1]
+        B = self.B_classes[rep][:, rep]
+        B[np.arange(rep.size), np.arange(rep.size)] = self.B_classes[rep, second]
+        candidate = State(reduction, self.A_classes[rep], B, self.B_self[rep])
+        same = (np.array_equal(candidate.A_classes[c], self.A_classes)
+                and np.array_equal(candidate.B_self[c], self.B_self)
+                and np.array_equal(np.where(np.eye(c.size, dtype=bool), 0.0, candidate.B_classes[c][:, c]),
+                                   self.B_classes))
+        return candidate if same else None
+
+    def with_quadrature(self, quadrature: str) -> "State":
+        """The same correlations, their t-integrals taken with the rule ``quadrature`` ("fine"
+        or "fast", ``Reduction.with_quadrature``)."""
+        return State(self.reduction.with_quadrature(quadrature), self.A_classes, self.B_classes, self.B_self)
+
     # ---- views -----------------------------------------------------------------------------
     def flat(self) -> np.ndarray:
         """The flat vector (A, B, B_self concatenated; leading axes kept)."""
