@@ -72,6 +72,10 @@ def test_bench_quick_report_is_consistent(tmp_path):
         ratio = by_name[f"P={P} brute-force loss / exact gradient"]
         brute_ms = float(re.search(r"brute force (\d+) ms", ratio["note"]).group(1))
         assert ratio["value"] * grad_ms == pytest.approx(brute_ms, abs=0.5 + 1e-3 * brute_ms)
+    memory = by_name.get("P=1024 global/local: peak memory of solve, phases, verify, save/load")
+    if memory is not None:           # Linux: a peak, so no stage before the end was above it
+        stages = [float(x) for x in re.findall(r"(\d+)(?:,| MB)", memory["note"])]
+        assert len(stages) == 4 and max(stages) <= memory["value"] + 0.5 and min(stages) > 0
     mc = next(r for r in rows if "Monte Carlo CPU / solve() CPU" in r["name"])
     err = float(re.search(r"err (\d\.\d+)", mc["note"]).group(1))
     assert err <= 0.05

@@ -306,6 +306,41 @@ def bench_shared_machine(row, quick):
                 hog.wait()
 
 
+# what ``bench_memory``'s child process runs: the P = 1024 global/local preset through solve,
+# phases, verify and a save/load round trip, printing its peak resident memory after each
+_MEMORY_SCRIPT = """
+import os, resource, sys, tempfile
+import gradflow
+def peak():
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, flush=True)   # kB on Linux
+peak()
+model = gradflow.presets.global_local(P=1024, n_local=4, local_size=4)
+sol = gradflow.solve(model, 1e4, progress=False)
+peak()
+gradflow.phases(sol).summary()
+peak()
+gradflow.verify(model)
+peak()
+with tempfile.TemporaryDirectory() as folder:
+    sol.save(os.path.join(folder, "flow.nc"))
+    gradflow.phases(gradflow.Solution.load(os.path.join(folder, "flow.nc"))).summary()
+peak()
+"""
+
+
+def bench_memory(row, quick):
+    """Peak resident memory of the P = 1024 global/local preset through solve, phases, verify and
+    save/load, in a fresh process (nothing of the other benchmarks in it); Linux only."""
+    import subprocess
+    import sys
+    if not sys.platform.startswith("linux"):
+        return
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, check=True)
+    imported, solved, phased, verified, saved = (float(x) for x in out.stdout.split())
+    row("P=1024 global/local: peak memory of solve, phases, verify, save/load", saved, "MB",
+        f"after import {imported:.0f}, solve {solved:.0f}, phases {phased:.0f}, verify {verified:.0f} MB")
+
+
 def bench_training(row, quick):
     """SGD steps per second of the Numba trainer and of the PyTorch bottom rung (the same
     transformer) on the paper preset, one thread each as the ladder's workers run them."""
@@ -335,6 +370,7 @@ def run(quick: bool = False, progress=print) -> list:
     bench_classes(row, quick, rng)
     bench_throughput(row, quick)
     bench_vit_scale(row, quick)
+    bench_memory(row, quick)
     bench_shared_machine(row, quick)
     bench_training(row, quick)
     bench_dask(row, quick)
