@@ -309,10 +309,11 @@ def bench_shared_machine(row, quick):
 # what ``bench_memory``'s child process runs: the P = 1024 global/local preset through solve,
 # phases, verify and a save/load round trip, printing its peak resident memory after each
 _MEMORY_SCRIPT = """
-import os, resource, sys, tempfile
+import os, tempfile
 import gradflow
-def peak():
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, flush=True)   # kB on Linux
+def peak():   # VmHWM: this process image's peak (ru_maxrss would carry the parent's over from fork)
+    with open("/proc/self/status") as status:
+        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024.0, flush=True)
 peak()
 model = gradflow.presets.global_local(P=1024, n_local=4, local_size=4)
 sol = gradflow.solve(model, 1e4, progress=False)
@@ -330,7 +331,8 @@ peak()
 
 def bench_memory(row, quick):
     """Peak resident memory of the P = 1024 global/local preset through solve, phases, verify and
-    save/load, in a fresh process (nothing of the other benchmarks in it); Linux only."""
+    save/load, in a fresh process (nothing of the other benchmarks in it; Numba's cache warm, as
+    the other rows have left it); Linux only."""
     import subprocess
     import sys
     if not sys.platform.startswith("linux"):
