@@ -9,6 +9,8 @@ from gradflow import (
     Amplitude,
     Cluster,
     DataModel,
+    InvalidInputError,
+    State,
     expected_attention,
     population_loss,
     solve,
@@ -22,12 +24,37 @@ def test_reduced_flow_equals_full_flow():
     assert m.n_classes < m.n_patches
     te = np.linspace(0, 50, 11)
     red = solve(m, 50.0, t_eval=te)
-    full = solve(m, 50.0, t_eval=te, init=(np.zeros((10, m.n_features)), np.zeros((10, 10))))
+    full = solve(m, 50.0, t_eval=te, init=State.from_positions(m, np.zeros((10, m.n_features)), np.zeros((10, 10))))
     assert red.reduction.n_classes == m.n_classes and full.reduction.n_classes == 10
     assert np.abs(red.A[-1]).max() > 0.1          # the flow actually moved
     np.testing.assert_allclose(red.A, full.A, atol=1e-7)
     np.testing.assert_allclose(red.B, full.B, atol=1e-7)
     np.testing.assert_allclose(red.target_attention, full.target_attention, atol=1e-7)
+
+
+def test_a_flow_goes_on_from_a_solution_on_its_classes():
+    """init=(A, B) of a Solution's last state continues on the signature classes, and the flow
+    being autonomous, 50 + 50 equals 100 to the integrators' tolerance; an asymmetric init runs per
+    position; a State init is taken on its own resolution, and a wrong one is refused by name."""
+    m = DataModel(n_patches=10, mask_ratio=0.4, clusters=[
+        Cluster([0, 0, 1, 1, 1, 0, 2, 2, 0, 0], amplitudes=Amplitude.uniform(0.5, 1.5, 3)),
+        Cluster([1, 1, 0, 0, 0, 0, 0, 2, 2, 2])])
+    first, whole = solve(m, 50.0), solve(m, 100.0)
+    end = first.state(-1)
+    more = solve(m, 50.0, init=(end.A, end.B))
+    assert more.reduction.n_classes == m.n_classes < 10
+    assert np.abs(more.A[-1] - first.A[-1]).max() > 1e-3            # it moved on
+    np.testing.assert_allclose(more.A[-1], whole.A[-1], atol=1e-6)
+    np.testing.assert_allclose(more.B[-1], whole.B[-1], atol=1e-6)
+    B = end.B.copy()
+    B[0, 1] += 1e-3
+    assert solve(m, 1.0, init=(end.A, B)).reduction.n_classes == 10
+    assert solve(m, 1.0, init=end).reduction.n_classes == m.n_classes
+    with pytest.raises(InvalidInputError, match="single State"):
+        solve(m, 1.0, init=first.states)
+    other = DataModel(n_patches=10, mask_ratio=0.4, clusters=[Cluster([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])])
+    with pytest.raises(InvalidInputError, match="signature classes or per position"):
+        solve(m, 1.0, init=solve(other, 1.0).state(-1))
 
 
 def test_paper_preset_converges_to_target_attention(paper_solution):

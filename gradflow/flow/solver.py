@@ -14,12 +14,22 @@ import warnings
 import numpy as np
 from scipy.integrate import BDF, DOP853, LSODA, RK23, RK45, OdeSolver, Radau
 
-from .._validate import check_memory, choice, increasing_times, instance, positive_int, positive_real, real
+from .._validate import (
+    check_memory,
+    choice,
+    increasing_times,
+    instance,
+    positive_int,
+    positive_real,
+    real,
+    real_array,
+)
 from ..errors import InvalidInputError
 from ..model import DataModel
 from ..theory.jacobian import meanfield_jacobian
 from ..theory.population import check_method, loss_gradient_and_masses, loss_rate
-from ..theory.reduction import signature_reduction
+from ..theory.per_position import evaluated_state
+from ..theory.reduction import position_reduction, signature_reduction
 from ..theory.state import State
 from .observables import AreaMasses
 from .solution import Solution, StoredStatesInterpolant
@@ -65,14 +75,38 @@ def output_times(t_max, t_eval) -> tuple[float, np.ndarray]:
 
 
 def initial_state(model: DataModel, init) -> State:
-    """Q = 0 on the signature classes, or a given per-position (A0, B0)."""
+    """Q = 0 on the signature classes; a per-position (A0, B0) on the signature classes when it is
+    equal within them (a symmetric state stays symmetric along the flow), else per position; or a
+    State of the model on its signature classes or per position, as it is."""
     if init is None:
         return State.zeros(signature_reduction(model))
+    if isinstance(init, State):
+        return _given_state(model, init)
     try:
         A0, B0 = init
     except (TypeError, ValueError):
-        raise InvalidInputError(f"init must be None or a pair (A0, B0), got {init!r}") from None
-    return State.from_positions(model, A0, B0)
+        raise InvalidInputError(f"init must be None, a pair (A0, B0) or a State, got {init!r}") from None
+    return evaluated_state(model, A0, B0)
+
+
+def _given_state(model: DataModel, init: State) -> State:
+    """A State given as ``init``: one time, on the model's signature classes or per position (the
+    two resolutions a Solution is kept at), checked and put on the model's own reduction."""
+    P = model.n_patches
+    if init.shape:
+        raise InvalidInputError(f"init must be a single State, got one with leading axes {init.shape}")
+    if init.reduction.n_positions != P:
+        raise InvalidInputError(f"init is a State of {init.reduction.n_positions} positions, the model has {P}")
+    for reduction in (signature_reduction(model), position_reduction(model)):
+        if np.array_equal(init.reduction.class_of, reduction.class_of):
+            S, F = reduction.n_classes, reduction.n_features
+            state = State(reduction, real_array("init.A_classes", init.A_classes, (S, F)),
+                          real_array("init.B_classes", init.B_classes, (S, S)),
+                          real_array("init.B_self", init.B_self, (S,)))
+            State.from_positions(model, state.A, state.B)     # the checks of per-position input (score range)
+            return state
+    raise InvalidInputError("init must be a State on the model's signature classes or per position "
+                            "(every position its own class)")
 
 
 def _check_integrator(integrator, n: int):
@@ -160,9 +194,12 @@ def solve(model: DataModel, t_max: float | None = None, *, method: str = "exact"
     t_eval : array_like, optional
         Output times (needs ``t_max``); default t = 0 and 20 log-spaced times per decade over the
         last six decades of the run.
-    init : (A0 (P, F), B0 (P, P)), optional
-        Start from these per-position correlations (every position its own class). Default:
-        Q = 0, evolved on the signature classes.
+    init : (A0 (P, F), B0 (P, P)) or State, optional
+        Start from these per-position correlations: on the signature classes when they are
+        equal within them (e.g. ``sol.state(-1).A, sol.state(-1).B``, to go on from a Solution;
+        the flow keeps them equal), else with every position its own class. A ``State`` (on the
+        signature classes or per position, e.g. ``State.from_positions``) is taken as it is.
+        Default: Q = 0, evolved on the signature classes.
     max_nfev : int or None
         Budget of gradient evaluations; when it is spent the solution stops there with
         ``status = -1`` and says so (None: no limit).
