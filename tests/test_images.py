@@ -290,14 +290,17 @@ def test_area_table_columns(small_flow):
 
 
 def test_query_attention_maps_are_the_exact_expected_attention(small_flow):
-    """The kept maps equal the per-position public API at the query's phase times."""
+    """The kept maps equal the expected attention evaluated per position (every position its own
+    class: independent of the classes the flow ran on) at the query's phase times."""
+    from gradflow.theory.population import attention_maps
+    from gradflow.theory.state import State
     sol = small_flow.solution
     for k in range(3):
         p = small_flow.query[k]
         assert p == 3 * 6 + 3                                         # the centre patch
         for m, t in enumerate(small_flow.moment_times[k]):
             state = sol.at(t)
-            ref = gradflow.expected_attention(sol.model, state.A, state.B)[k, p]
+            ref = attention_maps(State.from_positions(sol.model, state.A, state.B), clusters=[k])[0, p]
             np.testing.assert_allclose(small_flow.query_attention[k, m], ref, rtol=1e-7, atol=1e-12)
             assert small_flow.query_attention[k, m].sum() == pytest.approx(1.0)
         T1, T2 = small_flow.moment_times[k, 1:3]

@@ -238,19 +238,55 @@ def test_the_per_position_api_takes_symmetric_states_on_their_classes():
 
 
 def test_the_per_position_api_takes_the_fast_rule_when_asked():
-    """quadrature="fast" evaluates with the fast rule, within its stated accuracy of the fine one;
-    a rule it does not know is refused by name."""
+    """quadrature="fast" evaluates loss, gradient and attention with the fast rule, on the classes
+    (a late symmetric state, spreads where the two rules differ) and per position, here and
+    through a Dask client, within its stated accuracy of the fine rule; a rule it does not know is
+    refused by name."""
+    from dask.distributed import Client, LocalCluster
+
+    from gradflow.analysis.bench import trained_like_state
     from gradflow.errors import InvalidInputError
     from gradflow.presets import voronoi
     from gradflow.theory.per_position import evaluated_state
+    from gradflow.theory.reduction import signature_reduction
     m = voronoi(grid=(6, 6), n_clusters=3, n_regions=4, seed=4, mask_ratio=0.5)
+    late = trained_like_state(signature_reduction(m), seed=1)
     rng = np.random.default_rng(0)
-    A, B = rng.normal(size=(m.n_patches, m.n_features)), rng.normal(size=(m.n_patches, m.n_patches))
-    assert evaluated_state(m, A, B, "fast").reduction.grid_step > evaluated_state(m, A, B).reduction.grid_step
-    L, L_fast = population_loss(m, A, B), population_loss(m, A, B, quadrature="fast")
-    assert L_fast != L and L_fast == pytest.approx(L, abs=1e-10)
-    (gA, gB), (fA, fB) = population_grad(m, A, B), population_grad(m, A, B, quadrature="fast")
-    assert np.max(np.abs(fA - gA)) <= 1e-7 * np.abs(gA).max()
-    assert np.max(np.abs(fB - gB)) <= 1e-7 * np.abs(gB).max()
+    P = m.n_patches
+    symmetric = (late.A, late.B)
+    generic = (3 * rng.normal(size=(P, m.n_features)), 3 * rng.normal(size=(P, P)))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        for (A, B), classes in ((symmetric, m.n_classes), (generic, P)):
+            fine, fast = evaluated_state(m, A, B), evaluated_state(m, A, B, "fast")
+            assert fine.reduction.n_classes == fast.reduction.n_classes == classes
+            assert fast.reduction.grid_step > fine.reduction.grid_step
+            L, L_fast = population_loss(m, A, B), population_loss(m, A, B, quadrature="fast")
+            assert L_fast != L and L_fast == pytest.approx(L, abs=1e-10)
+            assert population_loss(m, A, B, quadrature="fast", client=client) == pytest.approx(L_fast, rel=1e-12)
+            (gA, gB), (fA, fB) = population_grad(m, A, B), population_grad(m, A, B, quadrature="fast")
+            for g, f in ((gA, fA), (gB, fB)):
+                assert 0 < np.max(np.abs(f - g)) <= 1e-7 * np.abs(g).max()
+            dA, dB = population_grad(m, A, B, quadrature="fast", client=client)
+            assert np.max(np.abs(dA - fA)) <= 1e-12 * np.abs(fA).max()
+            att, att_fast = expected_attention(m, A, B), expected_attention(m, A, B, quadrature="fast")
+            assert 0 < np.max(np.abs(att_fast - att)) <= 1e-9
     with pytest.raises(InvalidInputError, match="quadrature"):
-        population_grad(m, A, B, quadrature="coarse")
+        population_grad(m, *generic, quadrature="coarse")
+
+
+def test_on_classes_refuses_another_models_reduction_and_keeps_the_rule():
+    """A state is put only on the classes of its own model (another mask ratio or other areas are
+    refused) and keeps its t-integrals' rule."""
+    from gradflow.errors import InvalidInputError
+    from gradflow.presets import voronoi
+    from gradflow.theory.reduction import signature_reduction
+    from gradflow.theory.state import State
+    m = voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=2, mask_ratio=0.4)
+    state = State.from_positions(m, np.zeros((25, m.n_features)), np.zeros((25, 25))).with_quadrature("fast")
+    on = state.on_classes(signature_reduction(m))
+    assert on.reduction.n_classes == m.n_classes and on.reduction.grid_step == state.reduction.grid_step
+    for other in (voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=2, mask_ratio=0.2),
+                  voronoi(grid=(5, 5), n_clusters=2, n_regions=3, seed=3, mask_ratio=0.4)):
+        with pytest.raises(InvalidInputError, match="own model"):
+            state.on_classes(signature_reduction(other))

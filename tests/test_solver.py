@@ -11,10 +11,9 @@ from gradflow import (
     DataModel,
     InvalidInputError,
     State,
-    expected_attention,
-    population_loss,
     solve,
 )
+from gradflow.theory.population import attention_maps, loss
 
 
 def test_reduced_flow_equals_full_flow():
@@ -72,7 +71,8 @@ def test_initial_observables_by_hand(paper_solution):
     # Q = 0: every key weighs 1/P, so the own-area unmasked mass is (C - 1)(1 - gamma)/P
     C = m.clusters[0].area_sizes()[m.clusters[0].areas]
     np.testing.assert_allclose(sol.target_attention[0, 0], (C - 1) * 0.5 / 64, rtol=1e-12)
-    assert sol.loss[0] == pytest.approx(population_loss(m, np.zeros((64, 5)), np.zeros((64, 64))), rel=1e-14)
+    per_position = State.from_positions(m, np.zeros((64, 5)), np.zeros((64, 64)))   # independent of the classes
+    assert sol.loss[0] == pytest.approx(loss(per_position), rel=1e-14)
 
 
 def test_solution_attention_and_dense_output(paper_solution):
@@ -80,7 +80,7 @@ def test_solution_attention_and_dense_output(paper_solution):
     i = 80
     att = sol.attention_map(i)
     np.testing.assert_allclose(att.sum(axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(att, expected_attention(sol.model, sol.A[i], sol.B[i])[0], atol=1e-13)
+    np.testing.assert_allclose(att, attention_maps(State.from_positions(sol.model, sol.A[i], sol.B[i]))[0], atol=1e-13)
     own = sol.model.clusters[0].areas
     unm = sol.attention_map(i, part="unmasked")
     target = np.array([unm[p, (own == own[p]) & (np.arange(64) != p)].sum() for p in range(64)])

@@ -313,7 +313,8 @@ import os, tempfile
 import gradflow
 def peak():   # VmHWM: this process image's peak (ru_maxrss would carry the parent's over from fork)
     with open("/proc/self/status") as status:
-        print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024.0, flush=True)
+        print("peak MB", next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024.0,
+              flush=True)
 peak()
 model = gradflow.presets.global_local(P=1024, n_local=4, local_size=4)
 sol = gradflow.solve(model, 1e4, progress=False)
@@ -337,8 +338,11 @@ def bench_memory(row, quick):
     import sys
     if not sys.platform.startswith("linux"):
         return
-    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, check=True)
-    imported, solved, phased, verified, saved = (float(x) for x in out.stdout.split())
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the memory benchmark's process failed:\n{out.stderr}")
+    imported, solved, phased, verified, saved = (float(line.split()[-1]) for line in out.stdout.splitlines()
+                                                 if line.startswith("peak MB"))
     row("P=1024 global/local: peak memory of solve, phases, verify, save/load", saved, "MB",
         f"after import {imported:.0f}, solve {solved:.0f}, phases {phased:.0f}, verify {verified:.0f} MB")
 

@@ -1,6 +1,7 @@
 """The public per-position API: ``population_loss``, ``population_grad`` and ``expected_attention``
 take any real A (P x F) and B (P x P) of a DataModel and evaluate here or, with ``client``,
-sharded over the workers of a Dask client (``distributed``).
+sharded over the workers of a Dask client (``distributed``). (``target_attention_at``, which the
+trainers call on their own, never symmetric, correlations, runs per position always.)
 
 No symmetry is assumed: when A and B are exactly equal within the model's signature classes (a
 state a flow from a symmetric start reached, e.g. ``Solution.A[i]``, ``Solution.B[i]``) they are
@@ -68,6 +69,7 @@ def population_loss(model: DataModel, A, B, method: str = "exact", *, quadrature
     >>> round(population_loss(m, np.zeros((16, 2)), np.zeros((16, 16))), 6)   # Q = 0
     2.359375
     """
+    instance("model", model, DataModel)        # the model first, then the method, then A, B
     check_method(method)
     state = evaluated_state(model, A, B, quadrature)
     if client is not None:
@@ -78,6 +80,7 @@ def population_loss(model: DataModel, A, B, method: str = "exact", *, quadrature
 def population_grad(model: DataModel, A, B, method: str = "exact", *, quadrature: str = "fine", client=None):
     """Gradient of :func:`population_loss`: ``(dL/dA (P, F), dL/dB (P, P))``, the derivative
     along every entry; ``quadrature`` and ``client`` as there."""
+    instance("model", model, DataModel)        # the model first, then the method, then A, B
     check_method(method)
     state = evaluated_state(model, A, B, quadrature)
     if client is not None:
@@ -95,5 +98,6 @@ def expected_attention(model: DataModel, A, B, method: str = "exact", part: str 
     amplitudes; ``part`` keeps only the cases where q is "unmasked" or "masked". Rows of the
     "total" map sum to one. ``quadrature`` as in :func:`population_loss`.
     """
+    instance("model", model, DataModel)
     check_method(method)
     return attention_maps(evaluated_state(model, A, B, quadrature), method, part)

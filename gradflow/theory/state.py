@@ -18,6 +18,7 @@ from ..model import DataModel
 from .reduction import Reduction, position_reduction
 
 LOG_WEIGHT_LIMIT = 1e6   # largest |score| accepted: ~5e6 quadrature nodes per query at most
+ROWS_PER_CHECK = 256     # rows of B compared at once by ``on_classes``
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,24 +73,35 @@ class State:
         equal within them: A within every class, B within every pair of classes and on the
         diagonal of each (as a state a symmetric flow reached, e.g. ``Solution.A[i]``,
         ``Solution.B[i]``); else None. Exchangeable positions stay exchangeable, so every
-        expectation of the state is then the same on the classes, for a fraction of the work."""
-        if self.shape or self.reduction.n_classes != self.reduction.n_positions:
+        expectation of the state is then the same on the classes, for a fraction of the work.
+        ``reduction`` must be of the same model; the state keeps its t-integrals' rule."""
+        own = self.reduction
+        if self.shape or own.n_classes != own.n_positions:
             raise InvalidInputError("on_classes needs a single per-position state")
         c = reduction.class_of
+        if not _same_model(own, reduction):
+            raise InvalidInputError("on_classes needs a reduction of the state's own model")
         rep = reduction.representative()
         # a second member of every class, for B between distinct members (itself for a single one,
-        # whose within-class entry no key ever reads)
+        # whose within-class entry no key ever reads); whichever write wins for a class, it is
+        # one of its other members, and any will do: a state that passes the check below is equal
+        # over all of them
         second = rep.copy()
         later = np.flatnonzero(np.arange(c.size) != rep[c])
-        second[c[later[::-1]]] = later[::-1]
+        second[c[later]] = later
         B = self.B_classes[rep][:, rep]
         B[np.arange(rep.size), np.arange(rep.size)] = self.B_classes[rep, second]
-        candidate = State(reduction, self.A_classes[rep], B, self.B_self[rep])
-        same = (np.array_equal(candidate.A_classes[c], self.A_classes)
-                and np.array_equal(candidate.B_self[c], self.B_self)
-                and np.array_equal(np.where(np.eye(c.size, dtype=bool), 0.0, candidate.B_classes[c][:, c]),
-                                   self.B_classes))
-        return candidate if same else None
+        candidate = State(reduction._replace(grid_step=own.grid_step), self.A_classes[rep], B, self.B_self[rep])
+        if not (np.array_equal(candidate.A_classes[c], self.A_classes)
+                and np.array_equal(candidate.B_self[c], self.B_self)):
+            return None
+        for lo in range(0, c.size, ROWS_PER_CHECK):     # B in blocks of rows: no P x P temporaries
+            rows = np.arange(lo, min(lo + ROWS_PER_CHECK, c.size))
+            block = B[c[rows]][:, c]
+            block[np.arange(rows.size), rows] = 0.0      # a per-position state's B_classes has a zero diagonal
+            if not np.array_equal(block, self.B_classes[rows]):
+                return None
+        return candidate
 
     def with_quadrature(self, quadrature: str) -> "State":
         """The same correlations, their t-integrals taken with the rule ``quadrature`` ("fine"
@@ -144,6 +156,17 @@ class State:
         lead = f"{self.shape} x " if self.shape else ""
         return (f"State({lead}{self.reduction.n_classes} classes, {self.reduction.n_features} features, "
                 f"P={self.reduction.n_positions})")
+
+
+def _same_model(positions: Reduction, classes: Reduction) -> bool:
+    """Whether ``classes`` groups the positions of the per-position reduction ``positions`` of one
+    model: the same mask ratio, clusters, amplitudes, and every position's area in every cluster."""
+    c = classes.class_of
+    return (c.size == positions.n_positions and classes.mask_ratio == positions.mask_ratio
+            and np.array_equal(classes.cluster_prob, positions.cluster_prob)
+            and np.array_equal(classes.atom_z, positions.atom_z)
+            and np.array_equal(classes.atom_log_weight, positions.atom_log_weight)
+            and np.array_equal(classes.key_feature[:, c], positions.key_feature))
 
 
 def flat_size(reduction: Reduction) -> int:
